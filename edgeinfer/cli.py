@@ -1,0 +1,185 @@
+"""The ``edgeinfer`` command line: parse, call the API, print.
+
+Every user mistake ends in one line on stderr and exit status 1 (2 for usage);
+``--debug`` shows the traceback instead.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeInferError, InternalError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Group(click.Group):
+    """A click group that turns edgeinfer errors into one line and an exit code."""
+
+    def invoke(self, ctx):
+        debug = "--debug" in sys.argv[1:] or os.environ.get("EDGEINFER_DEBUG") == "1"
+        try:
+            return super(Group, self).invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except EdgeInferError as exc:
+            if debug:
+                raise
+            click.echo("error: {}".format(exc), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            kind = "internal error" if isinstance(exc, InternalError) else "unexpected error"
+            click.echo("error: {} ({}: {}). Note: run again with --debug for the traceback, "
+                       "and please report it.".format(kind, type(exc).__name__, exc), err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="edgeinfer")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results and errors.")
+def main(debug, quiet):
+    """edgeinfer: convert models for edge devices, then run, serve and measure them there."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+
+
+def _json_option(value, what):
+    if value is None:
+        return None
+    from .errors import UsageError
+    try:
+        if os.path.isfile(value):
+            with open(value) as handle:
+                return json.load(handle)
+        return json.loads(value)
+    except ValueError as exc:
+        raise UsageError("{} is neither a JSON file nor JSON text: {}.".format(what, exc),
+                         "Example: '{\"color\": \"RGB\", \"resize\": 256, ...}'.")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-t", "--target", default="cpu", show_default=True,
+              help="cpu (this machine's CPU) or a device profile: x86-cpu, arm64-cpu, ...")
+@click.option("-p", "--precision", default="int8", show_default=True,
+              type=click.Choice(["int8", "fp16", "fp32"]))
+@click.option("-m", "--method", default="auto", show_default=True,
+              type=click.Choice(["auto", "static", "dynamic"]),
+              help="INT8 method: auto = static for conv nets, dynamic for MatMul-heavy models.")
+@click.option("-c", "--calibration", type=click.Path(),
+              help="Calibration data: image folder, .npz, or folder of .npy/.npz samples.")
+@click.option("-e", "--eval", "eval_data", type=click.Path(),
+              help="Evaluation data (same forms; labels give top-1 accuracy).")
+@click.option("-o", "--output", type=click.Path(), help="The .eib bundle to write.")
+@click.option("--calibrate-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--int8-variant", default="auto", show_default=True,
+              type=click.Choice(["auto", "s8s8", "u8s8", "u8s8-rr", "u8u8"]),
+              help="Activation/weight INT8 types; auto picks what this CPU runs best.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="Weight scales per output channel or per tensor.")
+@click.option("--calibration-size", default=500, show_default=True, type=int,
+              help="Use at most this many calibration samples.")
+@click.option("--eval-size", type=int, help="Use at most this many evaluation samples.")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--preprocess", help="Image preprocessing as JSON text or a JSON file.")
+@click.option("--name", help="Model name in the bundle (default: file name).")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@click.option("--no-speed-check", is_flag=True,
+              help="Skip the FP32-vs-converted latency check on this machine.")
+def convert(model, target, precision, method, calibration, eval_data, output, calibrate_method,
+            int8_variant, per_channel, calibration_size, eval_size, batch_size, preprocess,
+            name, overwrite, no_speed_check):
+    """Convert an ONNX MODEL to an .eib bundle for a target, checked against FP32."""
+    from .conversion import convert as run_convert
+    from .report import describe_bundle
+    bundle = run_convert(
+        model, target=target, precision=precision, method=method, calibration=calibration,
+        eval=eval_data, output=output, preprocess=_json_option(preprocess, "--preprocess"),
+        name=name, overwrite=overwrite, calibrate_method=calibrate_method,
+        int8_variant=int8_variant, per_channel=per_channel, calibration_size=calibration_size,
+        eval_size=eval_size, batch_size=batch_size, measure_speed=not no_speed_check)
+    click.echo(describe_bundle(bundle, brief=True))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip hashing the files (faster).")
+def inspect(bundle, as_json, no_verify):
+    """Show a bundle's manifest: target, inputs/outputs, sizes, validation."""
+    from .bundle import Bundle
+    from .report import describe_bundle
+    opened = Bundle.open(bundle, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(opened.manifest, indent=2, sort_keys=True))
+    else:
+        click.echo(describe_bundle(opened))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "--top-k", default=5, show_default=True, type=int,
+              help="Classes to show for classifier outputs.")
+@click.option("--save", type=click.Path(), help="Write all outputs to this .npz.")
+def run(bundle, inputs, top_k, save):
+    """Run BUNDLE on INPUTS (images, .npy or .npz files) and print the results."""
+    import numpy as np
+    from .preprocess import Preprocess
+    from .report import describe_outputs
+    from .runtime.inputs import read_feeds
+    from .runtime.session import load
+    session = load(bundle)
+    recorded = session.manifest.get("preprocess")
+    preprocess = Preprocess.from_dict(recorded) if recorded else None
+    saved = {}
+    for path in inputs:
+        outputs = session.run(read_feeds(path, session.inputs, preprocess))
+        click.echo(describe_outputs(path, outputs, session.manifest.get("classes"), top_k))
+        for name, value in outputs.items():
+            saved["{}/{}".format(os.path.basename(path), name)] = value
+    if save:
+        tmp = save + ".tmp.npz"
+        np.savez(tmp, **saved)
+        os.replace(tmp, save)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def doctor(as_json):
+    """What this machine can run: backends, CPU features, Jetson, best INT8 settings."""
+    from .doctor import collect, format_report
+    report = collect()
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--out", default="out/demo", show_default=True, type=click.Path(),
+              help="Folder for the demo bundles.")
+def demo(out):
+    """Convert the shipped demo model to INT8 and FP16 and compare them with FP32."""
+    from .demo import run_demo
+    click.echo(run_demo(out))
+
+
+def entry():
+    """Console-script entry: ``--debug`` may stand anywhere on the command line."""
+    args = sys.argv[1:]
+    if "--debug" in args:
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    main(args=args, prog_name="edgeinfer")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -1,0 +1,379 @@
+"""Workstation side: turn an ONNX model into an ``.eib`` bundle for a target.
+
+``convert()`` runs the pipeline of DESIGN.md: load and check the source, prepare
+it, apply the target's recipe (FP32 / FP16 / INT8 dynamic / INT8 static), check
+the result against FP32, and write one bundle atomically.
+"""
+
+import datetime
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .. import __version__
+from ..bundle import Bundle
+from ..errors import UsageError
+from ..lazy import require
+from ..memory import peak_rss_mb, reset_peak
+from ..profiles import PROFILES, cpu_features, machine_arch, resolve_target
+from . import ort as ort_recipe
+from . import validate
+from .source import graph_specs, load_source
+
+log = logging.getLogger("edgeinfer.conversion")
+
+PRECISIONS = ("int8", "fp16", "fp32")
+METHODS = ("auto", "static", "dynamic", "none")
+
+# The oldest ONNX Runtime that runs each opset (its release notes' opset table).
+ORT_FOR_OPSET = {13: "1.7", 14: "1.10", 15: "1.11", 16: "1.12", 17: "1.13", 18: "1.14",
+                 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.20", 23: "1.22"}
+# Static QDQ models need the QDQ fusions of 1.11 to run as INT8 kernels.
+ORT_FOR_QDQ = "1.11"
+
+
+class Settings(NamedTuple):
+    """What a conversion was asked to do (checked by :func:`check_settings`)."""
+
+    target: str = "cpu"
+    precision: str = "int8"
+    method: str = "auto"
+    calibrate_method: str = "minmax"
+    int8_variant: str = "auto"
+    per_channel: bool = True
+    calibration_size: int = 500
+    eval_size: Optional[int] = None
+    batch_size: int = 8
+    measure_speed: bool = True
+
+
+def check_settings(settings):
+    """Refuse impossible combinations before any work is done.
+
+    Raises:
+        UsageError: unknown precision/method/variant, or a method that cannot apply.
+    """
+    if settings.precision not in PRECISIONS:
+        raise UsageError("Unknown precision {!r}.".format(settings.precision),
+                         "Use one of: {}.".format(", ".join(PRECISIONS)))
+    if settings.method not in METHODS:
+        raise UsageError("Unknown method {!r}.".format(settings.method),
+                         "Use one of: {}.".format(", ".join(METHODS)))
+    if settings.precision != "int8" and settings.method in ("static", "dynamic"):
+        raise UsageError("--method {} applies to INT8, not {}.".format(
+            settings.method, settings.precision), "Drop --method, or use --precision int8.")
+    if settings.int8_variant != "auto" and settings.int8_variant not in ort_recipe.INT8_VARIANTS:
+        raise UsageError("Unknown INT8 variant {!r}.".format(settings.int8_variant),
+                         "Use auto or one of: {}.".format(", ".join(ort_recipe.INT8_VARIANTS)))
+    ort_recipe.check_static_options(settings.method, settings.calibrate_method)
+    for key in ("calibration_size", "batch_size"):
+        if getattr(settings, key) < 1:
+            raise UsageError("{} must be at least 1.".format(key.replace("_", "-")))
+
+
+def default_output(source_name, profile, precision):
+    return "{}-{}-{}.eib".format(source_name, profile.name, precision)
+
+
+def _check_output(output, overwrite):
+    if os.path.isdir(output):
+        raise UsageError("Output {!r} is a folder.".format(output),
+                         "Give a file name ending in .eib.")
+    if os.path.exists(output) and not overwrite:
+        raise UsageError("Output {!r} already exists.".format(output),
+                         "Choose another name, or pass --overwrite.")
+
+
+def _batch_size(inputs, wanted):
+    # A fixed first dim is the only batch the model takes.
+    first = [s.shape[0] for s in inputs if s.shape]
+    fixed = [d for d in first if isinstance(d, int) and d > 0]
+    return fixed[0] if fixed else wanted
+
+
+def iter_batches(dataset, indices, batch_size):
+    """Yield (feeds, labels) over ``indices`` of a dataset, stacked in batches."""
+    labels = dataset.labels
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        samples = [dataset.sample(i) for i in chunk]
+        feeds = dict((name, np.stack([s[name] for s in samples]))
+                     for name in dataset.input_names)
+        yield feeds, (labels[chunk] if labels is not None else None)
+
+
+def synthetic_batches(inputs, count, batch_size, seed=0):
+    """Seeded random inputs for validation when no data was given."""
+    rng = np.random.RandomState(seed)
+    for start in range(0, count, batch_size):
+        n = min(batch_size, count - start)
+        feeds = {}
+        for spec in inputs:
+            shape = spec.concrete_shape(batch=n)
+            if np.dtype(spec.dtype).kind == "f":
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            else:
+                feeds[spec.name] = rng.randint(0, 2, size=shape).astype(spec.dtype)
+        yield feeds, None
+
+
+def _open_data(path, inputs, preprocess, role):
+    from ..datasets import open_dataset
+    dataset = open_dataset(path, inputs, preprocess)
+    log.info("%s: %s", role, dataset.describe())
+    return dataset
+
+
+def _ort_runner(path):
+    ort = require("onnxruntime", "validation")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+
+
+def _min_backend_version(opset, precision):
+    version = ORT_FOR_OPSET.get(opset, ORT_FOR_OPSET[max(ORT_FOR_OPSET)] if opset > 23 else "1.7")
+    if precision == "int8":
+        version = max(version, ORT_FOR_QDQ, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return version
+
+
+def _versions():
+    versions = {"edgeinfer": __version__, "python": platform.python_version(),
+                "numpy": np.__version__}
+    for module in ("onnx", "onnxruntime", "onnxconverter_common"):
+        try:
+            versions[module] = require(module).__version__
+        except Exception:
+            pass
+    return versions
+
+
+def convert(model, target="cpu", precision="int8", method="auto", calibration=None,
+            eval=None, output=None, preprocess=None, name=None, overwrite=False, workdir=None,
+            **options):
+    """Convert an ONNX model for a target and write a ``.eib`` bundle.
+
+    Args:
+        model: path of the ONNX model.
+        target: ``cpu`` (this machine's CPU) or a device profile (default ``cpu``).
+        precision: ``int8``, ``fp16`` or ``fp32`` (default ``int8``).
+        method: INT8 method: ``auto`` (static for conv nets, dynamic for MatMul-heavy
+            graphs), ``static`` or ``dynamic`` (default ``auto``).
+        calibration: calibration data: an image folder (optional labels file), an
+            ``.npz`` or a folder of ``.npy``/``.npz`` samples (default None).
+        eval: evaluation data in the same forms; with labels, top-1 is measured
+            (default None: a held-out part of the calibration data, else random inputs).
+        output: the bundle to write (default ``<model>-<profile>-<precision>.eib``).
+        preprocess: image preprocessing dict (see :class:`edgeinfer.preprocess.Preprocess`);
+            default: what the model's metadata records, else inferred from its input.
+        name: the model's name in the bundle (default: the file's stem).
+        overwrite: replace an existing output (default False: refuse).
+        workdir: folder for intermediate files, kept afterwards (default: a temporary one).
+        **options: :class:`Settings` fields: ``calibrate_method`` (minmax | entropy |
+            percentile), ``int8_variant`` (auto | s8s8 | u8s8 | u8s8-rr | u8u8),
+            ``per_channel``, ``calibration_size``, ``eval_size``, ``batch_size``,
+            ``measure_speed``.
+
+    Returns:
+        the written :class:`~edgeinfer.bundle.Bundle`.
+
+    Raises:
+        UsageError, ModelError, DataError, ConversionError: with a message and hint.
+    """
+    unknown = sorted(set(options) - set(Settings._fields) - {"target", "precision", "method"})
+    if unknown:
+        raise UsageError("Unknown convert option(s): {}.".format(", ".join(unknown)),
+                         "Valid options: {}.".format(", ".join(Settings._fields)))
+    settings = Settings(target=target, precision=precision, method=method, **options)
+    check_settings(settings)
+    profile = resolve_target(settings.target)
+    if profile.backend != "onnxruntime":
+        raise UsageError("Target {!r} needs the {} backend, which this edgeinfer cannot build "
+                         "for yet.".format(target, profile.backend),
+                         "Use --target cpu (ONNX Runtime) for now.")
+    if settings.precision not in profile.precisions:
+        raise UsageError("Target {} does not support {}.".format(profile.name, precision),
+                         "It supports: {}.".format(", ".join(profile.precisions)))
+    source = load_source(model)
+    output = output or default_output(source.name, profile, settings.precision)
+    _check_output(output, overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    preprocess_obj = _preprocess_for(source, preprocess)
+    own_workdir = workdir is None
+    workdir = tempfile.mkdtemp(prefix="edgeinfer-") if own_workdir else workdir
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        return _convert(source, profile, settings, calibration, eval, output, preprocess_obj,
+                        name or source.name, overwrite, workdir)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _preprocess_for(source, preprocess):
+    from ..preprocess import Preprocess, infer_from_input
+    if preprocess is not None:
+        return preprocess if isinstance(preprocess, Preprocess) else Preprocess.from_dict(preprocess)
+    if source.preprocess is not None:
+        return Preprocess.from_dict(source.preprocess)
+    if len(source.inputs) == 1:
+        return infer_from_input(source.inputs[0])
+    return None
+
+
+def _split(calibration, eval_data, settings):
+    """Indices for calibration and validation; hold out part of calibration if needed."""
+    calib_idx = eval_idx = None
+    if calibration is not None:
+        calib_idx = list(range(min(len(calibration), settings.calibration_size)))
+    if eval_data is not None:
+        n = len(eval_data) if settings.eval_size is None else min(len(eval_data), settings.eval_size)
+        eval_idx = list(range(n))
+    elif calibration is not None and len(calibration) >= 10:
+        # No eval set: keep the last 20% (at most 200) of the calibration data out of
+        # calibration so validation is not measured on the data the ranges came from.
+        held = min(200, len(calibration) // 5)
+        total = len(calibration)
+        eval_idx = list(range(total - held, total))
+        calib_idx = [i for i in calib_idx if i < total - held]
+    return calib_idx, eval_idx
+
+
+def _convert(source, profile, settings, calibration_path, eval_path, output, preprocess,
+             name, overwrite, workdir):
+    calibration = (_open_data(calibration_path, source.inputs, preprocess, "calibration")
+                   if calibration_path is not None else None)
+    eval_data = (_open_data(eval_path, source.inputs, preprocess, "evaluation")
+                 if eval_path is not None else None)
+    features = cpu_features() if profile.arch == machine_arch() else None
+    batch = _batch_size(source.inputs, settings.batch_size)
+    calib_idx, eval_idx = _split(calibration, eval_data, settings)
+    notes = []
+    quant = {}
+    calib_summary = None
+    method = "none"
+    converted = os.path.join(workdir, "model.onnx")
+
+    if settings.precision == "fp32":
+        _, quant = ort_recipe.optimize_fp32(source.path, converted)
+    elif settings.precision == "fp16":
+        _, quant = ort_recipe.convert_fp16(source.path, converted)
+        if features is not None and not features.get("fp16"):
+            notes.append("This CPU has no native FP16 arithmetic: ONNX Runtime runs FP16 "
+                         "models slower than FP32 here. FP16 is for GPUs (Jetson) and ARM "
+                         "CPUs with FP16 (ARMv8.2+).")
+    else:
+        method, why = settings.method, "asked for"
+        if method == "auto":
+            method, why = ort_recipe.auto_method(source.model, calibration is not None)
+        elif method == "dynamic" and ort_recipe.op_counts(source.model).get("Conv"):
+            notes.append("Dynamic INT8 leaves Conv ops in FP32: dynamic ConvInteger runs "
+                         "several times slower than FP32. Use --method static with "
+                         "--calibration to quantize them.")
+        if method == "static" and calibration is None:
+            raise UsageError("Static INT8 needs calibration data.",
+                             "Pass --calibration DIR (images, .npz or .npy files).")
+        variant_name, variant_why = settings.int8_variant, "asked for"
+        if variant_name == "auto":
+            variant_name, variant_why = ort_recipe.default_int8_variant(features, profile)
+        variant = ort_recipe.INT8_VARIANTS[variant_name]
+        prepared = ort_recipe.prepare(source.path, os.path.join(workdir, "prepared.onnx"),
+                                      workdir)
+        quant = {"method_reason": why, "variant": variant_name, "variant_reason": variant_why,
+                 "activations": variant.activations, "weights": variant.weights,
+                 "reduce_range": variant.reduce_range, "per_channel": settings.per_channel,
+                 "format": "QDQ" if method == "static" else "QOperator (dynamic)",
+                 "preprocessing": "onnxruntime quant_pre_process"}
+        if method == "dynamic":
+            _, extra = ort_recipe.quantize_dynamic(prepared, converted, source.model, variant,
+                                                   settings.per_channel)
+            quant.update(extra)
+        else:
+            reset_peak()
+            before = peak_rss_mb()
+            (cache, count, kind), seconds = ort_recipe.timed(
+                ort_recipe.calibrate, prepared,
+                (feeds for feeds, _ in iter_batches(calibration, calib_idx, batch)),
+                settings.calibrate_method, workdir)
+            peak = peak_rss_mb()
+            calib_summary = {"data": calibration.describe(), "samples": len(calib_idx),
+                             "batches": count, "batch_size": batch,
+                             "method": settings.calibrate_method, "seconds": round(seconds, 3),
+                             "peak_rss_mb": None if peak is None else round(peak, 1),
+                             "rss_before_mb": None if before is None else round(before, 1)}
+            log.info("calibrated on %d samples in %.1f s", len(calib_idx), seconds)
+            ort_recipe.quantize_static(prepared, converted, cache, kind, variant,
+                                       settings.per_channel)
+            quant["calibration_method"] = settings.calibrate_method
+
+    onnx = require("onnx")
+    converted_model = onnx.load(converted)
+    inputs, outputs = graph_specs(converted_model)
+    validation = _validate(source, converted, eval_data, eval_idx, calibration, batch, settings,
+                           features, notes, method)
+    manifest = {
+        "format": "edgeinfer-bundle", "format_version": 1, "name": name,
+        "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+        "source": {"file": os.path.basename(source.path), "sha256": source.sha256,
+                   "size": os.path.getsize(source.path), "opset": source.opset,
+                   "producer": "{} {}".format(source.model.producer_name,
+                                              source.model.producer_version).strip()},
+        "target": {"backend": "onnxruntime", "profile": profile.name,
+                   "backend_version": require("onnxruntime").__version__,
+                   "min_backend_version": _min_backend_version(
+                       _opset_of(converted_model), settings.precision)},
+        "precision": settings.precision, "method": method, "quantization": quant,
+        "model": "model.onnx",
+        "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        "classes": source.classes, "partitions": None, "calibration": calib_summary,
+        "validation": validation, "versions": _versions(), "notes": notes,
+    }
+    bundle = Bundle.write(output, manifest, {"model.onnx": converted}, overwrite=overwrite)
+    log.info("wrote %s (%d bytes)", output, os.path.getsize(output))
+    return bundle
+
+
+def _opset_of(model):
+    from .source import default_opset
+    return default_opset(model)
+
+
+def _validate(source, converted, eval_data, eval_idx, calibration, batch, settings, features,
+              notes, method):
+    reference = _ort_runner(source.path)
+    candidate = _ort_runner(converted)
+    if eval_idx:
+        data = eval_data if eval_data is not None else calibration
+        batches = lambda: iter_batches(data, eval_idx, batch)
+        kind = "eval set" if eval_data is not None else "held-out calibration samples"
+        where = data.describe()
+        count = len(eval_idx)
+    else:
+        batches = lambda: synthetic_batches(source.inputs, 32, batch)
+        kind, where, count = "random inputs (no data given)", None, 32
+    names = [o.name for o in source.outputs]
+    results = validate.compare(reference, candidate, batches(), names)
+    validation = {"data": kind, "where": where, "samples": count, "outputs": results}
+    if settings.measure_speed and features is not None:
+        feeds = next(iter(batches()))[0]
+        one = dict((k, v[:1]) for k, v in feeds.items())
+        speed = validate.measure_speed({"fp32": reference, "converted": candidate}, one)
+        ratio = speed["converted"] / speed["fp32"]
+        validation["speed"] = {"batch": 1, "fp32_ms": round(speed["fp32"], 4),
+                               "converted_ms": round(speed["converted"], 4),
+                               "ratio": round(ratio, 3), "machine": features.get("model")}
+        if ratio > 1.0 and settings.precision != "fp32":
+            notes.append("On this CPU the {} model runs {:.2f}x the FP32 latency with ONNX "
+                         "Runtime (slower). Consider --precision fp32, or the OpenVINO target "
+                         "(--target intel-cpu) on Intel/AMD CPUs.".format(
+                             settings.precision.upper(), ratio))
+    return validation

@@ -1,0 +1,270 @@
+"""ONNX Runtime recipes: FP32 (optimized graph), FP16, INT8 dynamic, INT8 static (QDQ).
+
+All quantization is done by ``onnxruntime.quantization``; this module chooses its
+settings, streams calibration data through it in bounded memory, and records what
+it chose and why.
+"""
+
+import os
+import time
+from typing import NamedTuple
+
+from ..errors import ConversionError, UsageError
+from ..lazy import require
+from .source import QUANT_OPSET
+
+# Ops that stay FP32 in an FP16 model: they are numerically unsafe in half
+# precision (reductions over many elements, exp/log ranges, index math) or have
+# no FP16 kernel in ONNX Runtime's CPU provider.
+FP16_KEEP_FP32 = ("Resize", "Range", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum",
+                  "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceProd",
+                  "ReduceLogSumExp", "LayerNormalization", "Exp", "Log", "Pow", "Div", "Sqrt",
+                  "Erf", "InstanceNormalization", "GroupNormalization", "RandomNormalLike",
+                  "RandomUniformLike", "Einsum")
+
+CONV_OPS = ("Conv", "ConvTranspose")
+LINEAR_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "MultiHeadAttention")
+# Dynamic quantization of Conv (ConvInteger) runs far slower than FP32 on CPUs, so
+# the dynamic recipe quantizes only MatMul-like ops.
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class Int8Variant(NamedTuple):
+    """How INT8 tensors are typed: activation and weight types, and reduce-range."""
+
+    name: str
+    activations: str  # "int8" | "uint8"
+    weights: str      # "int8" | "uint8"
+    reduce_range: bool
+    description: str
+
+
+INT8_VARIANTS = {
+    "s8s8": Int8Variant("s8s8", "int8", "int8", False,
+                        "signed activations and weights (ORT's QDQ default; fast with VNNI "
+                        "or ARM dot-product)"),
+    "u8s8": Int8Variant("u8s8", "uint8", "int8", False,
+                        "unsigned activations, signed weights (AVX2 VPMADDUBSW path; can "
+                        "saturate without VNNI)"),
+    "u8s8-rr": Int8Variant("u8s8-rr", "uint8", "int8", True,
+                           "U8S8 with 7-bit weights (reduce-range), which cannot saturate "
+                           "VPMADDUBSW on AVX2 CPUs without VNNI"),
+    "u8u8": Int8Variant("u8u8", "uint8", "uint8", False,
+                        "unsigned activations and weights (no saturation, slower kernels)"),
+}
+
+
+def default_int8_variant(features, profile):
+    """Choose the INT8 variant ONNX Runtime runs best on the target CPU.
+
+    Args:
+        features: :func:`edgeinfer.profiles.cpu_features` of the target (None when the
+            target is not this machine).
+        profile: the target Profile.
+
+    Returns:
+        (variant name, reason)
+    """
+    if profile.arch == "aarch64":
+        return "s8s8", ("ARM64: ONNX Runtime's S8S8 kernels use SDOT/UDOT where present and "
+                        "never saturate")
+    if features and features.get("vnni"):
+        return "s8s8", "this CPU has VNNI: S8S8 runs at full INT8 speed without saturation"
+    why = ("this CPU has AVX2 without VNNI" if features else
+           "the target x86 CPU is unknown (it may lack VNNI)")
+    return "u8s8-rr", (why + ": U8S8 with reduce-range avoids VPMADDUBSW saturation, "
+                       "which otherwise costs accuracy")
+
+
+def op_counts(model):
+    counts = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def auto_method(model, has_calibration):
+    """Pick ``static`` or ``dynamic`` INT8 for ``--method auto``, with the reason.
+
+    Conv nets get static (dynamic ConvInteger is several times slower than FP32);
+    MatMul-heavy graphs (transformers, RNNs) get dynamic.
+
+    Raises:
+        UsageError: a conv-heavy model without calibration data.
+    """
+    counts = op_counts(model)
+    convs = sum(counts.get(op, 0) for op in CONV_OPS)
+    linears = sum(counts.get(op, 0) for op in LINEAR_OPS)
+    if convs and convs >= linears:
+        if not has_calibration:
+            raise UsageError(
+                "INT8 for this conv net ({} Conv, {} MatMul/Gemm) needs calibration data.".format(
+                    convs, linears),
+                "Pass --calibration DIR (images, .npz or .npy files), or use --precision fp16 "
+                "or fp32. Dynamic INT8 is not offered: it runs conv nets slower than FP32.")
+        return "static", "conv-heavy graph ({} Conv vs {} MatMul/Gemm): static INT8".format(
+            convs, linears)
+    return "dynamic", ("MatMul-heavy graph ({} MatMul/Gemm vs {} Conv): dynamic INT8 quantizes "
+                       "weights, activations at run time".format(linears, convs))
+
+
+class ListReader(object):
+    """An ONNX Runtime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds):
+        self._feeds = list(feeds)
+        self._index = 0
+
+    def get_next(self):
+        if self._index >= len(self._feeds):
+            return None
+        self._index += 1
+        return self._feeds[self._index - 1]
+
+
+def prepare(source_path, out_path, workdir):
+    """Run ONNX Runtime's recommended pre-processing for quantization.
+
+    Symbolic shape inference plus graph optimization (fold BatchNorm, fuse
+    constants), as ``python -m onnxruntime.quantization.preprocess`` does; upgrades
+    the opset to 13 first when older, because per-channel QDQ needs it.
+    """
+    onnx = require("onnx", "INT8 conversion")
+    shape_inference = require("onnxruntime.quantization.shape_inference", "INT8 conversion")
+    model = onnx.load(source_path)
+    from .source import default_opset  # local: same package, avoids a cycle at import
+    if default_opset(model) < QUANT_OPSET:
+        version_converter = require("onnx.version_converter")
+        try:
+            model = version_converter.convert_version(model, QUANT_OPSET)
+        except Exception as exc:
+            raise ConversionError("Cannot upgrade the model to opset {} for INT8: {}".format(
+                QUANT_OPSET, str(exc).splitlines()[0]),
+                "Re-export the model with opset 13 or newer.")
+        source_path = os.path.join(workdir, "opset13.onnx")
+        onnx.save(model, source_path)
+    try:
+        shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=False)
+    except Exception:
+        # Symbolic shape inference fails on some graphs; ORT's own guidance is to
+        # retry without it rather than give up.
+        shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=True)
+    return out_path
+
+
+def optimize_fp32(source_path, out_path):
+    """FP32 with ONNX Runtime's basic graph optimizations applied offline.
+
+    Only *basic* (constant folding, redundant node removal) is saved: it uses
+    standard ONNX ops, so the file runs on any ONNX Runtime; the device applies
+    the hardware-specific levels itself when it loads the model.
+    """
+    ort = require("onnxruntime", "FP32 optimization")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = out_path
+    ort.InferenceSession(source_path, options, providers=["CPUExecutionProvider"])
+    return out_path, {"graph_optimization": "basic (offline); the device applies the rest"}
+
+
+def convert_fp16(source_path, out_path):
+    """FP16 weights and compute, FP32 inputs and outputs, unsafe ops kept FP32."""
+    onnx = require("onnx", "FP16 conversion")
+    float16 = require("onnxconverter_common.float16", "FP16 conversion")
+    model = onnx.load(source_path)
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
+    try:
+        model16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    except Exception as exc:
+        raise ConversionError("FP16 conversion failed: {}".format(str(exc).splitlines()[0]),
+                              "Try --precision fp32 or int8.")
+    onnx.save(model16, out_path)
+    kept = sorted(set(n.op_type for n in model.graph.node) & set(block))
+    return out_path, {"io_types": "float32 (kept)", "ops_kept_fp32": kept}
+
+
+def quantize_dynamic(prepared_path, out_path, model, variant, per_channel):
+    """INT8 weights, activations quantized at run time (MatMul-like ops only)."""
+    quantization = require("onnxruntime.quantization", "INT8 conversion")
+    present = set(op_counts(model))
+    ops = [op for op in DYNAMIC_OPS if op in present]
+    if not ops:
+        raise ConversionError("Dynamic INT8 found nothing to quantize: the model has no "
+                              "MatMul, Gemm, Attention, LSTM or GRU op.",
+                              "Use --method static with --calibration for conv nets.")
+    weight = quantization.QuantType.QUInt8 if variant.weights == "uint8" else (
+        quantization.QuantType.QInt8)
+    quantization.quantize_dynamic(prepared_path, out_path, op_types_to_quantize=ops,
+                                  per_channel=per_channel, reduce_range=variant.reduce_range,
+                                  weight_type=weight)
+    return out_path, {"ops_quantized": ops, "weights": variant.weights,
+                      "reduce_range": variant.reduce_range, "per_channel": per_channel,
+                      "skipped_conv": bool(present & set(CONV_OPS))}
+
+
+def calibrate(prepared_path, batches, method, workdir, percentile=99.999):
+    """Collect activation ranges with ONNX Runtime's calibrator, in bounded memory.
+
+    ONNX Runtime's ``quantize_static`` keeps every intermediate output of every
+    sample until the end (histogram methods), which is what runs calibration out of
+    memory.  Here each batch is handed to the calibrator on its own, so it folds
+    the batch into its ranges or histograms and drops it: peak memory is one
+    batch's activations, whatever the number of samples.
+
+    Args:
+        prepared_path: the pre-processed FP32 model.
+        batches: iterable of feed dicts.
+        method: ``minmax`` | ``entropy`` | ``percentile``.
+        workdir: where the augmented model and the range cache go.
+        percentile: for ``percentile`` (default 99.999).
+
+    Returns:
+        (path of the JSON range cache, number of batches)
+    """
+    calibrate_mod = require("onnxruntime.quantization.calibrate", "INT8 calibration")
+    from pathlib import Path
+    kind = {"minmax": calibrate_mod.CalibrationMethod.MinMax,
+            "entropy": calibrate_mod.CalibrationMethod.Entropy,
+            "percentile": calibrate_mod.CalibrationMethod.Percentile}[method]
+    extra = {"percentile": percentile} if method == "percentile" else {}
+    calibrator = calibrate_mod.create_calibrator(
+        Path(prepared_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
+        calibrate_method=kind, extra_options=extra)
+    count = 0
+    for feeds in batches:
+        calibrator.collect_data(ListReader([feeds]))
+        count += 1
+    if not count:
+        raise ConversionError("Calibration received no data.", "Check --calibration.")
+    ranges = calibrator.compute_data()
+    cache = os.path.join(workdir, "calibration-{}.json".format(method))
+    calibrate_mod.save_tensors_data(ranges, cache)
+    del calibrator
+    return cache, count, kind
+
+
+def quantize_static(prepared_path, out_path, cache, kind, variant, per_channel, exclude=()):
+    """Static INT8 in QDQ format from calibrated ranges (``quantize_static``)."""
+    quantization = require("onnxruntime.quantization", "INT8 conversion")
+    types = {"int8": quantization.QuantType.QInt8, "uint8": quantization.QuantType.QUInt8}
+    quantization.quantize_static(
+        prepared_path, out_path, calibration_data_reader=None,
+        quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
+        reduce_range=variant.reduce_range, activation_type=types[variant.activations],
+        weight_type=types[variant.weights], calibrate_method=kind,
+        nodes_to_exclude=list(exclude) or None, calibration_cache_path=cache)
+    return out_path
+
+
+def check_static_options(method, calibrate_method):
+    if calibrate_method not in CALIBRATION_METHODS:
+        raise UsageError("Unknown calibration method {!r}.".format(calibrate_method),
+                         "Use one of: {}.".format(", ".join(CALIBRATION_METHODS)))
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start

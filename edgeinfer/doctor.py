@@ -1,0 +1,80 @@
+"""`edgeinfer doctor`: what this machine can run, and how fast INT8 can be here."""
+
+import importlib
+import platform
+import sys
+
+from .profiles import cpu_features, jetson_info, machine_arch
+
+# Backends a device may have, with what to report about each.
+KNOWN_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+
+
+def _probe(module):
+    """(version or None, detail) for an importable backend; never raises."""
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # a broken install raises more than ImportError
+        return None, "not importable: {}".format(str(exc).splitlines()[0] if str(exc) else exc)
+    version = getattr(mod, "__version__", None)
+    detail = ""
+    try:
+        if module == "onnxruntime":
+            detail = "providers: " + ", ".join(mod.get_available_providers())
+        elif module == "openvino":
+            detail = "devices: " + ", ".join(mod.Core().available_devices)
+    except Exception as exc:
+        detail = "cannot list devices: {}".format(exc)
+    return version, detail
+
+
+def int8_advice(features):
+    """What INT8 looks like on this CPU, in one sentence."""
+    if features["arch"] == "aarch64":
+        if features["dotprod"] or features["i8mm"]:
+            return "ARM dot-product present: INT8 (S8S8) is fast here."
+        return "ARM without dot-product: INT8 gains are small; FP16/FP32 may do as well."
+    if features["vnni"] or features["amx"]:
+        return "VNNI present: INT8 (S8S8) runs at full speed with ONNX Runtime and OpenVINO."
+    if features["avx2"]:
+        return ("AVX2 without VNNI: ONNX Runtime INT8 uses U8S8 with reduce-range (no "
+                "saturation); expect modest gains, check `convert`'s speed line.")
+    return "No AVX2: INT8 kernels fall back to slow paths; prefer FP32."
+
+
+def collect():
+    """Everything doctor reports, as a JSON-serialisable dict."""
+    features = cpu_features()
+    backends = {}
+    for name in KNOWN_BACKENDS:
+        version, detail = _probe(name)
+        backends[name] = {"available": version is not None, "version": version,
+                          "detail": detail}
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "arch": machine_arch(),
+        "cpu": features,
+        "jetson": jetson_info(),
+        "backends": backends,
+        "int8": int8_advice(features),
+    }
+
+
+def format_report(report):
+    cpu = report["cpu"]
+    flags = [k for k in ("avx2", "avx512", "vnni", "amx", "neon", "dotprod", "i8mm", "fp16")
+             if cpu.get(k)]
+    lines = ["python     {}".format(report["python"]),
+             "platform   {}".format(report["platform"]),
+             "cpu        {} ({} cores, {})".format(cpu.get("model"), cpu.get("cores"),
+                                                    report["arch"]),
+             "features   {}".format(" ".join(flags) or "none of avx2/vnni/neon/dotprod"),
+             "jetson     {}".format(
+                 "{} ({})".format(report["jetson"]["model"], report["jetson"]["l4t"])
+                 if report["jetson"] else "not a Jetson")]
+    for name, info in report["backends"].items():
+        state = info["version"] if info["available"] else "missing"
+        lines.append("{:<10} {}  {}".format(name, state, info["detail"]).rstrip())
+    lines.append("int8       {}".format(report["int8"]))
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Human-readable text for bundles and results (used by the CLI)."""
+
+import numpy as np
+
+from .tensors import specs_from_dicts
+
+
+def _size(num):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num < 1024 or unit == "GiB":
+            return "{:.1f} {}".format(num, unit) if unit != "B" else "{} B".format(num)
+        num /= 1024.0
+
+
+def validation_table(validation):
+    """Validation metrics as an aligned table, one row per output."""
+    rows = [("output", "top-1", "FP32 top-1", "agree", "cosine", "max abs err", "SQNR dB")]
+    for name, m in sorted(validation.get("outputs", {}).items()):
+        def pct(key):
+            return "{:.2f}%".format(100.0 * m[key]) if key in m else "-"
+        sqnr = m.get("sqnr_db")
+        rows.append((name, pct("top1"), pct("top1_fp32"), pct("top1_agreement"),
+                     "{:.5f}".format(m["cosine_mean"]), "{:.4g}".format(m["max_abs_error"]),
+                     "inf" if sqnr is None else "{:.1f}".format(sqnr)))
+    return table(rows)
+
+
+def table(rows):
+    """Left-aligned text table; the first row is the header."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def describe_bundle(bundle, brief=False):
+    """A bundle's manifest as text: what `edgeinfer inspect` prints."""
+    m = bundle.manifest
+    target = m["target"]
+    lines = ["{}  ({})".format(m["name"], bundle.path),
+             "  target:     {} on {} (built with {} {}, needs >= {})".format(
+                 target.get("profile"), target["backend"], target["backend"],
+                 target.get("backend_version"), target.get("min_backend_version")),
+             "  precision:  {} ({})".format(m["precision"], m["method"])]
+    quant = m.get("quantization") or {}
+    if quant.get("variant"):
+        lines.append("  int8:       {} {}, {} weights; {}".format(
+            quant["variant"], quant.get("format", ""),
+            "per-channel" if quant.get("per_channel") else "per-tensor",
+            quant.get("variant_reason", "")))
+    if quant.get("method_reason"):
+        lines.append("  method:     {}".format(quant["method_reason"]))
+    if not brief:
+        for kind in ("inputs", "outputs"):
+            for spec in specs_from_dicts(m[kind]):
+                lines.append("  {:<11} {}".format(kind[:-1] + ":", spec.describe()))
+        if m.get("preprocess"):
+            p = m["preprocess"]
+            lines.append("  preprocess: {} resize={} crop={} mean={} std={} {}".format(
+                p.get("color"), p.get("resize"), p.get("center_crop"), p.get("mean"),
+                p.get("std"), p.get("layout")))
+        for entry in m["files"]:
+            lines.append("  file:       {} {} sha256 {}...".format(
+                entry["name"], _size(entry["size"]), entry["sha256"][:16]))
+        source = m.get("source") or {}
+        if source:
+            lines.append("  source:     {} ({}, opset {}, sha256 {}...)".format(
+                source.get("file"), _size(source.get("size", 0)), source.get("opset"),
+                str(source.get("sha256"))[:16]))
+    total = sum(e["size"] for e in m["files"])
+    source_size = (m.get("source") or {}).get("size")
+    if source_size:
+        lines.append("  size:       {} ({:.3f}x the source model)".format(
+            _size(total), total / float(source_size)))
+    calib = m.get("calibration")
+    if calib:
+        lines.append("  calibrated: {} samples ({}), {:.1f} s, peak RSS {} MiB".format(
+            calib["samples"], calib["method"], calib["seconds"], calib.get("peak_rss_mb")))
+    validation = m.get("validation")
+    if validation:
+        lines.append("  validated on {} {}:".format(validation["samples"], validation["data"]))
+        lines.extend("    " + line for line in validation_table(validation).splitlines())
+        speed = validation.get("speed")
+        if speed:
+            lines.append("  latency (batch 1, this machine): {:.3f} ms vs FP32 {:.3f} ms "
+                         "= {:.2f}x".format(speed["converted_ms"], speed["fp32_ms"],
+                                            speed["ratio"]))
+    for note in m.get("notes") or ():
+        lines.append("  note: {}".format(note))
+    return "\n".join(lines)
+
+
+def _softmax(row):
+    shifted = np.exp(row - row.max())
+    return shifted / shifted.sum()
+
+
+def describe_outputs(label, outputs, classes=None, top_k=5):
+    """Results of one run as text: top-k for class scores, a summary otherwise."""
+    lines = ["{}:".format(label)]
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if value.ndim == 2 and value.shape[1] > 1:
+            for row_index, row in enumerate(value.astype(np.float64)):
+                probs = row if (row.min() >= 0 and abs(row.sum() - 1) < 1e-3) else _softmax(row)
+                order = np.argsort(-probs)[:max(1, top_k)]
+                prefix = "  {}[{}]".format(name, row_index) if len(value) > 1 else "  " + name
+                lines.append(prefix + ":")
+                for rank, index in enumerate(order, 1):
+                    label_text = classes[index] if classes and index < len(classes) else str(index)
+                    lines.append("    {}. {:<12} {:.4f}".format(rank, label_text, probs[index]))
+        else:
+            lines.append("  {}: {} shape {} min {:.4g} max {:.4g} mean {:.4g}".format(
+                name, value.dtype, list(value.shape), float(value.min()), float(value.max()),
+                float(value.mean())))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Device side: sessions over bundles, and the backends that run them."""

@@ -1,0 +1,110 @@
+"""ONNX Runtime backend: runs ONNX models on the CPU (or any ORT execution provider)."""
+
+from ...errors import BackendError, UsageError
+from ...lazy import require
+from ...tensors import ORT_TO_NUMPY, TensorSpec
+
+# Options this backend accepts, with their defaults.
+DEFAULT_OPTIONS = {
+    "providers": None,            # None: CPUExecutionProvider
+    "intra_op_threads": 0,        # 0: ONNX Runtime picks (one per physical core)
+    "inter_op_threads": 0,
+    "graph_optimization": "all",  # none | basic | extended | all
+}
+
+_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def check_options(options):
+    """Merge ``options`` over the defaults; refuse unknown keys and bad values."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise UsageError("Unknown onnxruntime option(s): {}.".format(", ".join(unknown)),
+                         "Valid options: {}.".format(", ".join(sorted(DEFAULT_OPTIONS))))
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(options)
+    if merged["graph_optimization"] not in _LEVELS:
+        raise UsageError("Unknown graph_optimization {!r}.".format(merged["graph_optimization"]),
+                         "Use one of: {}.".format(", ".join(_LEVELS)))
+    return merged
+
+
+def session_options(options):
+    """Build ``onnxruntime.SessionOptions`` from checked options."""
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                            _LEVELS[options["graph_optimization"]])
+    opts.intra_op_num_threads = int(options["intra_op_threads"])
+    opts.inter_op_num_threads = int(options["inter_op_threads"])
+    opts.log_severity_level = 3
+    return opts
+
+
+def spec_of(node_arg):
+    """TensorSpec of an ONNX Runtime NodeArg."""
+    dtype = ORT_TO_NUMPY.get(node_arg.type)
+    if dtype is None:
+        raise BackendError("Tensor {!r} has type {}, which edgeinfer does not handle.".format(
+            node_arg.name, node_arg.type), "Use a model whose inputs/outputs are numeric tensors.")
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in (node_arg.shape or ()))
+    return TensorSpec(node_arg.name, dtype, shape)
+
+
+class OrtBackend(object):
+    """Backend over ``onnxruntime.InferenceSession``."""
+
+    name = "onnxruntime"
+
+    def available(self):
+        try:
+            ort = require("onnxruntime")
+        except BackendError as exc:
+            return False, str(exc)
+        return True, ort.__version__
+
+    def version(self):
+        return require("onnxruntime").__version__
+
+    def load(self, files, options=None):
+        """Create a runner for the model in ``files`` (a ModelFiles).
+
+        Raises:
+            BackendError: ONNX Runtime is missing or refuses the model.
+        """
+        options = check_options(options)
+        ort = require("onnxruntime", "running ONNX bundles")
+        providers = options["providers"] or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BackendError("ONNX Runtime here lacks execution provider(s) {}.".format(
+                ", ".join(missing)), "Available: {}.".format(
+                    ", ".join(ort.get_available_providers())))
+        try:
+            session = ort.InferenceSession(files.read(), session_options(options),
+                                           providers=providers)
+        except Exception as exc:  # ORT raises its own non-exported exception types
+            raise BackendError("ONNX Runtime cannot load {!r}: {}".format(
+                files.entry, str(exc).strip().splitlines()[0]),
+                "Convert the model again with the onnxruntime version installed here "
+                "({}).".format(ort.__version__))
+        return OrtRunner(session)
+
+
+class OrtRunner(object):
+    """Runs one ``InferenceSession``; the session above has already checked inputs."""
+
+    def __init__(self, session):
+        self._session = session
+        self.inputs = [spec_of(a) for a in session.get_inputs()]
+        self.outputs = [spec_of(a) for a in session.get_outputs()]
+        self._output_names = [s.name for s in self.outputs]
+
+    def run(self, feeds, output_names=None):
+        names = output_names or self._output_names
+        return dict(zip(names, self._session.run(names, feeds)))
+
+    def close(self):
+        self._session = None

@@ -1,0 +1,228 @@
+"""The session: a loaded bundle that checks inputs and runs its backend."""
+
+import warnings
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import BackendError, BundleError, InputError
+from ..profiles import PROFILES, machine_arch
+from ..tensors import find_spec
+from .backends import ModelFiles, get_backend
+
+
+def version_tuple(text):
+    """``"1.17.3"`` -> ``(1, 17, 3)``; non-numeric parts end the tuple."""
+    parts = []
+    for piece in str(text).split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits or digits != piece:
+            if digits:
+                parts.append(int(digits))
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_compatible(bundle, backend):
+    """Check that this machine can run ``bundle`` with ``backend``.
+
+    Returns:
+        list of warnings (str) for mismatches that still run correctly.
+
+    Raises:
+        BackendError: the backend is missing or older than the bundle needs.
+    """
+    target = bundle.manifest["target"]
+    ok, detail = backend.available()
+    if not ok:
+        raise BackendError("Bundle {!r} needs the {} backend, which is not usable here: "
+                           "{}".format(bundle.path, backend.name, detail))
+    needed = target.get("min_backend_version")
+    if needed and version_tuple(detail) < version_tuple(needed):
+        raise BackendError(
+            "Bundle {!r} needs {} >= {}; this machine has {}.".format(
+                bundle.path, backend.name, needed, detail),
+            "Upgrade {} here, or convert the model again with an older one.".format(backend.name))
+    notes = []
+    profile = PROFILES.get(target.get("profile"))
+    if profile is not None and profile.arch != machine_arch():
+        notes.append("Bundle was built for {} ({}); this machine is {}: it runs, but its "
+                     "precision choices were tuned for the other CPU.".format(
+                         profile.name, profile.arch, machine_arch()))
+    return notes
+
+
+class _InputCheck(object):
+    """Checks one input against its spec, fast: it runs on every call."""
+
+    __slots__ = ("spec", "dtype", "rank", "fixed")
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.rank = len(spec.shape)
+        self.fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int) and d > 0]
+
+    def __call__(self, value):
+        if type(value) is not np.ndarray:
+            value = np.asarray(value)
+        if value.dtype != self.dtype:
+            value = self._convert(value)
+        if value.ndim != self.rank:
+            raise InputError(
+                "Input tensor: {} | Received rank {} (shape {}).".format(
+                    self.spec.name, value.ndim, list(value.shape)),
+                "Expected rank {}: {}.".format(self.rank, self.spec.describe()))
+        for axis, size in self.fixed:
+            if value.shape[axis] != size:
+                raise InputError(
+                    "Input tensor: {} | Received shape {}; dim {} is {}, expected {}.".format(
+                        self.spec.name, list(value.shape), axis, value.shape[axis], size),
+                    "Expected: {}.".format(self.spec.describe()))
+        return value
+
+    def _convert(self, value):
+        # Same-kind casts (float64 -> float32, int32 -> int64, uint8 -> float32) are
+        # done for the caller; casts that lose meaning (float -> int, anything -> bool)
+        # are refused rather than guessed.
+        src, dst = value.dtype, self.dtype
+        allowed = (np.can_cast(src, dst, casting="same_kind")
+                   and not (dst.kind in "iu" and src.kind == "f") and dst.kind != "b"
+                   and src.kind in "biuf")
+        if not allowed:
+            raise InputError("Input tensor: {} | Received unexpected dtype: {}.".format(
+                self.spec.name, src), "Expected type: {} (convert it yourself if you "
+                "mean it).".format(self.dtype))
+        return value.astype(dst)
+
+
+class Session(object):
+    """A bundle loaded for inference.
+
+    Create one with :func:`edgeinfer.load`.
+
+    Attributes:
+        bundle: the opened :class:`~edgeinfer.bundle.Bundle`.
+        manifest: the bundle's manifest (dict).
+        inputs: list of input TensorSpecs (name, dtype, shape).
+        outputs: list of output TensorSpecs.
+        notes: warnings about this machine versus the bundle's target.
+    """
+
+    def __init__(self, bundle, runner, notes=()):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.inputs = bundle.inputs
+        self.outputs = bundle.outputs
+        self.notes = list(notes)
+        self._runner = runner
+        self._checks = dict((s.name, _InputCheck(s)) for s in self.inputs)
+        self._names = frozenset(self._checks)
+        self._output_names = [s.name for s in self.outputs]
+
+    @property
+    def name(self):
+        return self.manifest["name"]
+
+    def run(self, feeds, outputs=None):
+        """Run the model.
+
+        Args:
+            feeds: dict input name -> array (numpy or anything ``np.asarray`` takes).
+                Same-kind dtypes are converted (float64 -> float32); others refused.
+            outputs: output names to return (default None: all, in model order).
+
+        Returns:
+            dict output name -> numpy array.
+
+        Raises:
+            InputError: an unknown or missing input, a wrong dtype, rank or fixed dim.
+        """
+        if not isinstance(feeds, dict):
+            raise InputError("Session.run takes a dict of input name -> array, got {}.".format(
+                type(feeds).__name__), "Inputs: {}.".format(self._describe_inputs()))
+        if feeds.keys() != self._names:
+            self._explain_names(feeds)
+        checked = {}
+        for name, value in feeds.items():
+            checked[name] = self._checks[name](value)
+        if outputs is not None:
+            outputs = self._check_outputs(outputs)
+        return self._runner.run(checked, outputs)
+
+    def _describe_inputs(self):
+        return ", ".join(s.describe() for s in self.inputs)
+
+    def _explain_names(self, feeds):
+        unknown = sorted(set(feeds) - self._names)
+        missing = sorted(self._names - set(feeds))
+        parts = []
+        if unknown:
+            parts.append("unknown input(s) {}".format(", ".join(map(repr, unknown))))
+        if missing:
+            parts.append("missing input(s) {}".format(", ".join(map(repr, missing))))
+        raise InputError("Model {!r}: {}.".format(self.name, "; ".join(parts)),
+                         "Expected inputs: {}.".format(self._describe_inputs()))
+
+    def _check_outputs(self, outputs):
+        outputs = list(outputs)
+        for name in outputs:
+            if find_spec(self.outputs, name) is None:
+                raise InputError("Model {!r} has no output {!r}.".format(self.name, name),
+                                 "Outputs: {}.".format(", ".join(self._output_names)))
+        return outputs
+
+    def close(self):
+        """Release the backend's resources; the session cannot run afterwards."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<Session {!r} {} {} on {}>".format(
+            self.name, self.manifest["precision"], self.manifest["method"],
+            self.manifest["target"]["backend"])
+
+
+def load(path, backend_options=None, verify=True):
+    """Open a bundle and prepare it for inference.
+
+    Args:
+        path: the ``.eib`` file.
+        backend_options: options for the backend (default None: its defaults), e.g.
+            ``{"intra_op_threads": 2}`` for ONNX Runtime.  Unknown keys are refused.
+        verify: check every file's sha256 (default True).
+
+    Returns:
+        Session
+
+    Raises:
+        BundleError: the bundle is missing, corrupt, tampered or of a newer format.
+        BackendError: its backend is not installed here, too old, or refuses the model.
+    """
+    bundle = Bundle.open(path, verify=verify)
+    backend = get_backend(bundle.backend)
+    notes = check_compatible(bundle, backend)
+    for note in notes:
+        warnings.warn(note)
+    runner = backend.load(ModelFiles(bundle, bundle.manifest["model"]), backend_options)
+    _check_runner_matches(bundle, runner)
+    return Session(bundle, runner, notes)
+
+
+def _check_runner_matches(bundle, runner):
+    # The manifest is what callers validate against; a model that disagrees with its
+    # own manifest is a broken bundle, not something to run.
+    for kind, declared, actual in (("input", bundle.inputs, runner.inputs),
+                                   ("output", bundle.outputs, runner.outputs)):
+        if [s.name for s in declared] != [s.name for s in actual]:
+            raise BundleError("Bundle {!r}: its model's {}s {} differ from the manifest's {}.".format(
+                bundle.path, kind, [s.name for s in actual], [s.name for s in declared]),
+                "Rebuild it with `edgeinfer convert`.")
