@@ -136,7 +136,7 @@ class Dataset(object):
         where = self._where(i)
         return {spec.name: fit_sample(arrays[spec.name], spec, where) for spec in self.inputs}
 
-    def batches(self, batch_size=1, drop_last=False):
+    def batches(self, batch_size=1, drop_last=False, indices=None):
         """Iterate over ``(feeds, labels)`` of up to ``batch_size`` samples each.
 
         ``feeds`` maps each input name to the samples stacked on a new axis 0;
@@ -147,6 +147,8 @@ class Dataset(object):
             batch_size: samples per batch (default 1).
             drop_last: skip a last, smaller batch (default False), e.g. for a
                 model whose batch dim is fixed.
+            indices: the samples to take, in this order, e.g. a calibration
+                subset (default None: all, in dataset order).
 
         Raises:
             UsageError: ``batch_size`` is not a positive int, or differs from an
@@ -163,19 +165,28 @@ class Dataset(object):
                     "Input '{}' has a fixed batch size of {}; batch size {} cannot feed it.".format(
                         spec.name, first, batch_size),
                     "Use batch size {} (and drop_last=True for a smaller last batch).".format(first))
-        return self._batches(batch_size, drop_last)
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if order.ndim != 1:
+            raise UsageError("indices must be a flat sequence of sample numbers.")
+        bad = order[(order < -len(self)) | (order >= len(self))]
+        if len(bad):
+            raise UsageError("Sample {} is out of range: '{}' has {} samples.".format(
+                int(bad[0]), self.path, len(self)))
+        order = order % max(len(self), 1)  # negative numbers count from the end
+        return self._batches(batch_size, drop_last, order)
 
-    def _batches(self, batch_size, drop_last):
-        count = len(self)
+    def _batches(self, batch_size, drop_last, order):
+        count = len(order)
         stop_at = count - count % batch_size if drop_last else count
         for start in range(0, stop_at, batch_size):
-            stop = min(start + batch_size, count)
+            chunk = order[start:start + batch_size]
             feeds, first_where = None, None
-            for i in range(start, stop):
+            for row, i in enumerate(chunk):
+                i = int(i)
                 sample = self.sample(i)
                 if feeds is None:
                     first_where = self._where(i)
-                    feeds = {name: np.empty((stop - start,) + array.shape, array.dtype)
+                    feeds = {name: np.empty((len(chunk),) + array.shape, array.dtype)
                              for name, array in sample.items()}
                 for name, array in sample.items():
                     if array.shape != feeds[name].shape[1:]:
@@ -185,8 +196,8 @@ class Dataset(object):
                                 list(feeds[name].shape[1:])),
                             "use batch size 1, or give samples of one shape (pad them, or a "
                             "preprocess with resize [height, width] or center_crop).")
-                    feeds[name][i - start] = array
-            yield feeds, (None if self.labels is None else self.labels[start:stop])
+                    feeds[name][row] = array
+            yield feeds, (None if self.labels is None else self.labels[chunk])
 
     def describe(self):
         """One line: form, count and where, e.g. ``image folder 'calib': 100 images, labels from labels.csv``."""
@@ -572,7 +583,9 @@ def _explicit_labels(dataset, labels):
     except (TypeError, ValueError):
         values = np.asarray([], dtype=object)
     if values.ndim != 1 or values.dtype.kind not in "iu":
-        raise DataError("Labels must be a sequence of ints, got {}.".format(type(labels).__name__),
+        got = type(labels).__name__ if values.dtype.kind == "O" else "{} of {}".format(
+            type(labels).__name__, values.dtype.name)
+        raise DataError("Labels must be a sequence of ints, got {}.".format(got),
                         "give one integer class index per sample, or a labels file.")
     if len(values) != len(dataset):
         raise DataError("{} labels given for {} samples in '{}'.".format(

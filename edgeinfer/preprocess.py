@@ -215,8 +215,9 @@ class Preprocess(object):
             raise UsageError("Preprocess.apply() takes a PIL image, got {}.".format(
                 type(image).__name__), "Open files with Preprocess.load(path), or call it: pre(path).")
         image = _convert(image, self.color)
-        height, width = self._resized_size(image.height, image.width)
-        if (height, width) != (image.height, image.width):
+        old_width, old_height = image.size
+        height, width = self._resized_size(old_height, old_width)
+        if (height, width) != (old_height, old_width):
             image = image.resize((width, height), _RESAMPLE[self.interpolation])
         pixels = np.asarray(image)
         if pixels.ndim == 2:

@@ -5,6 +5,8 @@ settings, streams calibration data through it in bounded memory, and records wha
 it chose and why.
 """
 
+import contextlib
+import io
 import os
 import time
 from typing import NamedTuple
@@ -145,12 +147,13 @@ def prepare(source_path, out_path, workdir):
                 "Re-export the model with opset 13 or newer.")
         source_path = os.path.join(workdir, "opset13.onnx")
         onnx.save(model, source_path)
-    try:
-        shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=False)
-    except Exception:
-        # Symbolic shape inference fails on some graphs; ORT's own guidance is to
-        # retry without it rather than give up.
-        shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=False)
+        except Exception:
+            # Symbolic shape inference fails on some graphs; ORT's own guidance is to
+            # retry without it rather than give up.
+            shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=True)
     return out_path
 
 
@@ -233,12 +236,14 @@ def calibrate(prepared_path, batches, method, workdir, percentile=99.999):
         Path(prepared_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
         calibrate_method=kind, extra_options=extra)
     count = 0
-    for feeds in batches:
-        calibrator.collect_data(ListReader([feeds]))
-        count += 1
-    if not count:
-        raise ConversionError("Calibration received no data.", "Check --calibration.")
-    ranges = calibrator.compute_data()
+    # The histogram calibrators print progress lines per call; keep them off stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        for feeds in batches:
+            calibrator.collect_data(ListReader([feeds]))
+            count += 1
+        if not count:
+            raise ConversionError("Calibration received no data.", "Check --calibration.")
+        ranges = calibrator.compute_data()
     cache = os.path.join(workdir, "calibration-{}.json".format(method))
     calibrate_mod.save_tensors_data(ranges, cache)
     del calibrator

@@ -124,7 +124,9 @@ def load_source(path):
             path, opset), "Supported opsets: {} to {} (the installed onnx's newest); re-export "
             "the model with an opset in that range.".format(MIN_OPSET, newest))
     try:
-        onnx.checker.check_model(model)
+        # full_check adds strict type and shape inference: a float/double mix that the
+        # plain check lets through would otherwise fail deep inside quantization.
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ModelError("Model {!r} is not a valid ONNX model: {}".format(
             path, str(exc).strip().splitlines()[0]), "Fix the export, then convert again.")

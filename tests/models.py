@@ -1,0 +1,71 @@
+"""Tiny ONNX models built in code for the tests (the catalogue).
+
+Each builder returns an ``onnx.ModelProto``; weights come from a seeded
+generator so every run builds the same model.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def mlp(opset=17, seed=0):
+    """A two-layer MLP: MatMul-heavy, no Conv.
+
+        x[batch,16] -> MatMul(W1 16x32) -> Add(b1) -> Relu -> MatMul(W2 32x32) -> Relu
+                    -> MatMul(W3 32x10) -> y[batch,10]
+    """
+    rng = np.random.RandomState(seed)
+    w = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32)
+         for s in ((16, 32), (32, 32), (32, 10))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h1"]),
+        helper.make_node("Add", ["h1", "b1"], ["h1b"]),
+        helper.make_node("Relu", ["h1b"], ["a1"]),
+        helper.make_node("MatMul", ["a1", "W2"], ["h2"]),
+        helper.make_node("Relu", ["h2"], ["a2"]),
+        helper.make_node("MatMul", ["a2", "W3"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [_init("W1", w[0]), _init("b1", np.full(32, 0.1, np.float32)), _init("W2", w[1]),
+         _init("W3", w[2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def token_model(opset=17, seed=0, vocab=50, width=8):
+    """Two int64 inputs, like a text model: token ids and an attention mask.
+
+        input_ids[batch,seq] -> Gather(E vocab x width) -> emb[batch,seq,width]
+        attention_mask[batch,seq] -> Cast(float) -> Unsqueeze(-1) -> m
+        emb * m -> ReduceSum(axis 1) -> MatMul(W width x 4) -> logits[batch,4]
+    """
+    rng = np.random.RandomState(seed)
+    nodes = [
+        helper.make_node("Gather", ["E", "input_ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axes_last"], ["m"]),
+        helper.make_node("Mul", ["emb", "m"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axes_seq"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tokens",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [_init("E", rng.standard_normal((vocab, width)).astype(np.float32)),
+         _init("W", rng.standard_normal((width, 4)).astype(np.float32)),
+         _init("axes_last", np.array([-1], np.int64)), _init("axes_seq", np.array([1], np.int64))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def save(model, path):
+    onnx.save(model, str(path))
+    return str(path)
