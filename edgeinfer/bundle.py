@@ -158,12 +158,14 @@ class Bundle(object):
         with archive:
             infos = {}
             for info in archive.infolist():
-                _check_member_name(info.filename, where)
+                # Kind before name: a folder entry "sub/" is a folder, not an unsafe name.
                 mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode) or info.is_dir():
-                    raise BundleError("Bundle {} contains a link or folder entry {!r}.".format(
-                        where, info.filename), "edgeinfer bundles hold plain files only; "
+                if stat.S_ISLNK(mode) or stat.S_ISDIR(mode) or info.is_dir():
+                    raise BundleError("Bundle {} contains a {} entry {!r}.".format(
+                        where, "symbolic link" if stat.S_ISLNK(mode) else "folder",
+                        info.filename), "edgeinfer bundles hold plain files only; "
                         "rebuild it with `edgeinfer convert`.")
+                _check_member_name(info.filename, where)
                 if info.filename in infos:
                     raise BundleError("Bundle {} holds {!r} twice.".format(where, info.filename))
                 infos[info.filename] = info

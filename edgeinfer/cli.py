@@ -21,7 +21,8 @@ class Group(click.Group):
     """A click group that turns edgeinfer errors into one line and an exit code."""
 
     def invoke(self, ctx):
-        debug = "--debug" in sys.argv[1:] or os.environ.get("EDGEINFER_DEBUG") == "1"
+        # The parsed flag, not sys.argv: main() may be called with args (tests, embedding).
+        debug = bool(ctx.params.get("debug")) or os.environ.get("EDGEINFER_DEBUG") == "1"
         try:
             return super(Group, self).invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):

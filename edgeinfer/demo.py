@@ -29,7 +29,7 @@ def run_demo(out):
     rows = [("bundle", "precision", "method", "size", "top-1", "FP32 top-1", "drop (pts)",
              "agree", "cosine", "latency vs FP32")]
     source_size = os.path.getsize(model)
-    paths = []
+    paths, notes = [], []
     for precision in ("fp32", "int8", "fp16"):
         output = os.path.join(out, "digits-{}.eib".format(precision))
         bundle = convert(model, target="cpu", precision=precision,
@@ -37,17 +37,18 @@ def run_demo(out):
                          eval=os.path.join(root, DEMO_EVAL), output=output, overwrite=True)
         paths.append(output)
         m = bundle.manifest
+        notes.extend("note ({}): {}".format(os.path.basename(output), n) for n in m["notes"])
         metrics = m["validation"]["outputs"]["logits"]
         size = sum(e["size"] for e in m["files"])
         speed = m["validation"].get("speed")
         rows.append((output, precision, m["method"], "{:.2f}x".format(size / float(source_size)),
                      "{:.2f}%".format(100 * metrics["top1"]),
                      "{:.2f}%".format(100 * metrics["top1_fp32"]),
-                     "{:+.2f}".format(-metrics["top1_drop_points"]),
+                     "{:.2f}".format(metrics["top1_drop_points"]),
                      "{:.2f}%".format(100 * metrics["top1_agreement"]),
                      "{:.5f}".format(metrics["cosine_mean"]),
                      "{:.2f}x".format(speed["ratio"]) if speed else "-"))
-    text = [table(rows), "",
+    text = [table(rows), ""] + notes + ([""] if notes else []) + [
             "Eval set: {} labelled images in {}; size is relative to the FP32 source model.".format(
                 bundle.manifest["validation"]["samples"], DEMO_EVAL),
             "Next: edgeinfer inspect {}   |   edgeinfer run {} {}".format(

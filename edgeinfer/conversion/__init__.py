@@ -389,7 +389,7 @@ def _validate(source, converted, eval_data, eval_idx, calibration, batch, settin
                                "converted_ms": round(speed["converted"], 4),
                                "ratio": round(ratio, 3), "machine": features.get("model")}
         # Within 5% is noise on a shared machine: "no faster" is what users need to hear.
-        if ratio > NO_GAIN_RATIO and settings.precision != "fp32":
+        if ratio > NO_GAIN_RATIO and settings.precision == "int8":
             notes.append("On this CPU the {} model is no faster than FP32 with ONNX Runtime "
                          "({:.2f}x the FP32 latency at batch 1). Ship --precision fp32 for this CPU, "
                          "or run INT8 with OpenVINO (NNCF), whose INT8 kernels are faster on "

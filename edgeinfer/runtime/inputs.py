@@ -1,6 +1,8 @@
 """Reading one request's inputs from files: an image, a .npy or a .npz."""
 
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -14,6 +16,36 @@ def _with_batch(array, spec):
     if array.ndim == len(spec.shape) - 1:
         return array[np.newaxis]
     return array
+
+
+# What np.load and reading an .npz member raise for a truncated, corrupt or foreign
+# file (a truncated .npz is a BadZipFile, a damaged member a zlib.error).
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_tensor_file(path, lower, inputs):
+    loaded = np.load(path, allow_pickle=False)
+    if lower.endswith(".npy") and hasattr(loaded, "files"):
+        loaded.close()
+        raise DataError("{!r} is named .npy but is a .npz archive.".format(path),
+                        "Rename it to .npz (one array per input name).")
+    if lower.endswith(".npy"):
+        if len(inputs) != 1:
+            raise DataError("{!r} holds one array, but the model has {} inputs.".format(
+                path, len(inputs)), "Use a .npz with one array per input: {}.".format(
+                    ", ".join(s.name for s in inputs)))
+        return {inputs[0].name: _with_batch(loaded, inputs[0])}
+    if not hasattr(loaded, "files"):
+        raise DataError("{!r} is named .npz but holds a single .npy array.".format(path),
+                        "Save one array per input name with numpy.savez.")
+    with loaded:
+        names = set(loaded.files)
+        wanted = set(s.name for s in inputs)
+        if names != wanted:
+            raise DataError("{!r} holds arrays {}, the model's inputs are {}.".format(
+                path, sorted(names), sorted(wanted)),
+                "Save one array per input name with numpy.savez.")
+        return dict((s.name, _with_batch(loaded[s.name], s)) for s in inputs)
 
 
 def read_feeds(path, inputs, preprocess=None):
@@ -38,24 +70,11 @@ def read_feeds(path, inputs, preprocess=None):
     lower = path.lower()
     if lower.endswith(".npy") or lower.endswith(".npz"):
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError("Cannot read tensor file {!r}: {}.".format(path, exc),
-                            "Save inputs with numpy.save / numpy.savez (no object arrays).")
-        if lower.endswith(".npy"):
-            if len(inputs) != 1:
-                raise DataError("{!r} holds one array, but the model has {} inputs.".format(
-                    path, len(inputs)), "Use a .npz with one array per input: {}.".format(
-                        ", ".join(s.name for s in inputs)))
-            return {inputs[0].name: _with_batch(loaded, inputs[0])}
-        with loaded:
-            names = set(loaded.files)
-            wanted = set(s.name for s in inputs)
-            if names != wanted:
-                raise DataError("{!r} holds arrays {}, the model's inputs are {}.".format(
-                    path, sorted(names), sorted(wanted)),
-                    "Save one array per input name with numpy.savez.")
-            return dict((s.name, _with_batch(loaded[s.name], s)) for s in inputs)
+            return _read_tensor_file(path, lower, inputs)
+        except _READ_ERRORS as exc:
+            raise DataError("Cannot read tensor file {!r}: {}.".format(
+                path, str(exc).rstrip(".") or type(exc).__name__),
+                "Save inputs with numpy.save / numpy.savez (no object arrays).")
     if preprocess is None:
         raise UsageError("Bundle records no image preprocessing, so {!r} cannot be "
                          "fed to it.".format(path), "Give a .npy or .npz tensor instead.")

@@ -1,11 +1,12 @@
 """The session: a loaded bundle that checks inputs and runs its backend."""
 
+import re
 import warnings
 
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import BackendError, BundleError, InputError
+from ..errors import BackendError, BundleError, InputError, UsageError
 from ..profiles import PROFILES, machine_arch
 from ..tensors import find_spec
 from .backends import ModelFiles, get_backend
@@ -15,12 +16,13 @@ def version_tuple(text):
     """``"1.17.3"`` -> ``(1, 17, 3)``; non-numeric parts end the tuple."""
     parts = []
     for piece in str(text).split("+")[0].split("."):
-        digits = "".join(c for c in piece if c.isdigit())
-        if not digits or digits != piece:
-            if digits:
-                parts.append(int(digits))
+        # Only the leading digits count: "0rc1" is 0, not 1 (digits picked from anywhere).
+        match = re.match(r"\d+", piece)
+        if match is None:
             break
-        parts.append(int(digits))
+        parts.append(int(match.group()))
+        if match.group() != piece:
+            break
     return tuple(parts)
 
 
@@ -66,7 +68,13 @@ class _InputCheck(object):
 
     def __call__(self, value):
         if type(value) is not np.ndarray:
-            value = np.asarray(value)
+            try:
+                value = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise InputError("Input tensor: {} | Cannot be read as an array: {}.".format(
+                    self.spec.name, str(exc).rstrip(".")),
+                    "Expected: {} (a numpy array or equal-length nested lists).".format(
+                        self.spec.describe()))
         if value.dtype != self.dtype:
             value = self._convert(value)
         if value.ndim != self.rank:
@@ -84,12 +92,12 @@ class _InputCheck(object):
 
     def _convert(self, value):
         # Same-kind casts (float64 -> float32, int32 -> int64, uint8 -> float32) are
-        # done for the caller; casts that lose meaning (float -> int, anything -> bool)
-        # are refused rather than guessed.
+        # done for the caller; casts that lose meaning (float -> int, anything -> bool,
+        # bool -> anything) are refused rather than guessed.
         src, dst = value.dtype, self.dtype
         allowed = (np.can_cast(src, dst, casting="same_kind")
                    and not (dst.kind in "iu" and src.kind == "f") and dst.kind != "b"
-                   and src.kind in "biuf")
+                   and src.kind in "iuf")
         if not allowed:
             raise InputError("Input tensor: {} | Received unexpected dtype: {}.".format(
                 self.spec.name, src), "Expected type: {} (convert it yourself if you "
@@ -138,7 +146,11 @@ class Session(object):
 
         Raises:
             InputError: an unknown or missing input, a wrong dtype, rank or fixed dim.
+            UsageError: the session was closed.
         """
+        if self._runner is None:
+            raise UsageError("Session {!r} is closed.".format(self.name),
+                             "Load the bundle again with edgeinfer.load().")
         if not isinstance(feeds, dict):
             raise InputError("Session.run takes a dict of input name -> array, got {}.".format(
                 type(feeds).__name__), "Inputs: {}.".format(self._describe_inputs()))
@@ -205,10 +217,16 @@ def load(path, backend_options=None, verify=True):
 
     Raises:
         BundleError: the bundle is missing, corrupt, tampered or of a newer format.
-        BackendError: its backend is not installed here, too old, or refuses the model.
+        BackendError: its backend is unknown, not installed here, too old, or refuses
+            the model.
     """
     bundle = Bundle.open(path, verify=verify)
-    backend = get_backend(bundle.backend)
+    try:
+        backend = get_backend(bundle.backend)
+    except UsageError as exc:
+        # The user asked for nothing wrong: the bundle names a backend this edgeinfer lacks.
+        raise BackendError("Bundle {!r} needs the backend {!r}, which this edgeinfer does not "
+                           "have.".format(bundle.path, bundle.backend), exc.hint)
     notes = check_compatible(bundle, backend)
     for note in notes:
         warnings.warn(note)
