@@ -175,7 +175,8 @@ class Bundle(object):
                     where), "Rebuild it with `edgeinfer convert`.")
             if manifest_info.file_size > MAX_MANIFEST_BYTES:
                 raise BundleError("Bundle {} has a {} byte manifest, over the {} byte limit.".format(
-                    where, manifest_info.file_size, MAX_MANIFEST_BYTES))
+                    where, manifest_info.file_size, MAX_MANIFEST_BYTES),
+                    "edgeinfer refuses it; rebuild the bundle with `edgeinfer convert`.")
             try:
                 with archive.open(manifest_info) as handle:
                     raw = handle.read(MAX_MANIFEST_BYTES + 1)
@@ -312,13 +313,17 @@ class Bundle(object):
         for name in sorted(files):
             source = files[name]
             _check_member_name(name, repr(path))
+            if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
+                raise UsageError("File {!r} to put in bundle {!r} as {!r} does not exist.".format(
+                    source, path, name), "Give an existing file or its bytes.")
             size = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
             manifest["files"].append({"name": name, "sha256": sha256_of(source), "size": size})
         validate_manifest(manifest, repr(path))
         text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
         if len(text) > MAX_MANIFEST_BYTES:
             raise BundleError("The manifest would be {} bytes, over the {} byte limit.".format(
-                len(text), MAX_MANIFEST_BYTES))
+                len(text), MAX_MANIFEST_BYTES), "Keep large data (labels, tables) in bundle "
+                "files rather than in the manifest.")
         handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eib", dir=folder)
         os.close(handle)
         try:

@@ -133,27 +133,50 @@ def inspect(bundle, as_json, no_verify):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-k", "--top-k", default=5, show_default=True, type=int,
               help="Classes to show for classifier outputs.")
-@click.option("--save", type=click.Path(), help="Write all outputs to this .npz.")
-def run(bundle, inputs, top_k, save):
+@click.option("--save", type=click.Path(),
+              help="Write all outputs to this .npz (keys: INPUT-PATH/OUTPUT-NAME).")
+@click.option("--overwrite", is_flag=True, help="Replace the --save file if it exists.")
+def run(bundle, inputs, top_k, save, overwrite):
     """Run BUNDLE on INPUTS (images, .npy or .npz files) and print the results."""
-    import numpy as np
+    from .errors import UsageError
     from .preprocess import Preprocess
     from .report import describe_outputs
     from .runtime.inputs import read_feeds
     from .runtime.session import load
+    if save and os.path.exists(save) and not overwrite:
+        raise UsageError("Output {!r} already exists.".format(save),
+                         "Choose another name, or pass --overwrite.")
     session = load(bundle)
     recorded = session.manifest.get("preprocess")
     preprocess = Preprocess.from_dict(recorded) if recorded else None
     saved = {}
-    for path in inputs:
+    for index, path in enumerate(inputs):
         outputs = session.run(read_feeds(path, session.inputs, preprocess))
         click.echo(describe_outputs(path, outputs, session.manifest.get("classes"), top_k))
+        # The path as given keeps keys apart for same-named files in two folders; a path
+        # given twice gets its position appended.
+        key = path if not any(k.startswith(path + "/") for k in saved) else "{}#{}".format(
+            path, index)
         for name, value in outputs.items():
-            saved["{}/{}".format(os.path.basename(path), name)] = value
+            saved["{}/{}".format(key, name)] = value
     if save:
-        tmp = save + ".tmp.npz"
-        np.savez(tmp, **saved)
-        os.replace(tmp, save)
+        _save_npz(save, saved)
+
+
+def _save_npz(path, arrays):
+    """Write arrays to ``path`` atomically: a temporary file renamed into place."""
+    import tempfile
+    import numpy as np
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    os.close(handle)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 @main.command(context_settings=CONTEXT)

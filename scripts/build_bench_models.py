@@ -82,11 +82,13 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], name: str, **attrs) -> str:
-        """Add a single-output node and return its output's name."""
+    def node(self, op: str, inputs: Sequence[str], name: str, output: Optional[str] = None,
+             **attrs) -> str:
+        """Add a single-output node and return its output's name (``output``, else its name)."""
         name = self._unique(name)
-        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
-        return name
+        output = output or name
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=name, **attrs))
+        return output
 
     def he_normal(self, shape: Tuple[int, ...], fan_in: int, gain: float) -> np.ndarray:
         """He-normal weights: std = gain / sqrt(fan_in)."""
@@ -128,12 +130,12 @@ class GraphBuilder:
         raise ValueError(f"unknown activation {act!r}")
 
     def classifier(self, x: str, cin: int, classes: int) -> str:
-        """GlobalAveragePool + Flatten + Gemm(transB=1), torchvision's export layout."""
+        """GlobalAveragePool + Flatten + Gemm(transB=1) into ``logits``, as torchvision exports it."""
         pooled = self.node("GlobalAveragePool", [x], "avgpool")
         flat = self.node("Flatten", [pooled], "flatten", axis=1)
         w = self.constant("fc.weight", self.he_normal((classes, cin), cin, 1.0))
         b = self.constant("fc.bias", self.bias(classes))
-        return self.node("Gemm", [flat, w, b], "fc", transB=1)
+        return self.node("Gemm", [flat, w, b], "fc", output="logits", transB=1)
 
 
 # --------------------------------------------------------------------- ResNet-50
@@ -244,13 +246,11 @@ def build(arch: str, seed: int = 0) -> onnx.ModelProto:
     body, size, classes = ARCHS[arch]
     g = GraphBuilder(seed)
     logits = body(g, "input")
-    g.nodes[-1].output[0] = "logits"  # the classifier's Gemm is the last node
     graph = helper.make_graph(
         g.nodes, arch,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", classes])],
         initializer=g.initializers)
-    assert logits == g.nodes[-1].name
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgeinfer.build_bench_models",
                               doc_string=f"{arch}, random weights, seed {seed}")

@@ -13,6 +13,45 @@ def _init(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
+def tiny(opset=13, ir_version=7, seed=7):
+    """A float model with two outputs whose values tests compute with numpy.
+
+        x[batch,4] -> MatMul(W 4x3) -> Add(b) -> z[batch,3] (pre-activation)
+                                         `-> Relu -> y[batch,3]
+
+    Returns:
+        (model, W, b)
+    """
+    rng = np.random.RandomState(seed)
+    W = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["z"]),
+             helper.make_node("Relu", ["z"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3])],
+        [_init("W", W), _init("b", b)])
+    model = helper.make_model(graph, producer_name="edgeinfer-tests",
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model, W, b
+
+
+def int_add(opset=13, ir_version=7):
+    """An integer model for dtype rules: n[batch,2] int64 -> Add(n, n) -> m[batch,2]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["n", "n"], ["m"])], "doubler",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 2])],
+        [helper.make_tensor_value_info("m", TensorProto.INT64, ["batch", 2])])
+    model = helper.make_model(graph, producer_name="edgeinfer-tests",
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
+
+
 def mlp(opset=17, seed=0):
     """A two-layer MLP: MatMul-heavy, no Conv.
 

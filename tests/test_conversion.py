@@ -23,14 +23,9 @@ EVAL = os.path.join(ROOT, "calibration", "digits-eval")
 
 
 @pytest.fixture(scope="module")
-def demo_bundles(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    made = {}
-    for precision in ("fp32", "int8", "fp16"):
-        made[precision] = edgeinfer.convert(
-            DEMO, precision=precision, calibration=CALIB, eval=EVAL,
-            output=str(out / "digits-{}.eib".format(precision)))
-    return made
+def demo_bundles(digits_fp32_bundle, digits_int8_bundle, digits_fp16_bundle):
+    return dict((precision, Bundle.open(str(path))) for precision, path in (
+        ("fp32", digits_fp32_bundle), ("int8", digits_int8_bundle), ("fp16", digits_fp16_bundle)))
 
 
 def _ops(bundle):

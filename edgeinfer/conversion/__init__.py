@@ -284,7 +284,7 @@ def _convert(source, profile, settings, calibration_path, eval_path, output, pre
                          "models slower than FP32 here. FP16 is for GPUs (Jetson) and ARM "
                          "CPUs with FP16 (ARMv8.2+).")
     else:
-        method, why = settings.method, "asked for"
+        method, why = settings.method, "--method {} (asked for)".format(settings.method)
         if method == "auto":
             method, why = ort_recipe.auto_method(source.model, calibration is not None)
         elif method == "dynamic" and ort_recipe.op_counts(source.model).get("Conv"):
@@ -294,7 +294,8 @@ def _convert(source, profile, settings, calibration_path, eval_path, output, pre
         if method == "static" and calibration is None:
             raise UsageError("Static INT8 needs calibration data.",
                              "Pass --calibration DIR (images, .npz or .npy files).")
-        variant_name, variant_why = settings.int8_variant, "asked for"
+        variant_name, variant_why = settings.int8_variant, "--int8-variant {} (asked for)".format(
+            settings.int8_variant)
         if variant_name == "auto":
             variant_name, variant_why = ort_recipe.default_int8_variant(features, profile)
         variant = ort_recipe.INT8_VARIANTS[variant_name]

@@ -72,9 +72,12 @@ def read_feeds(path, inputs, preprocess=None):
         try:
             return _read_tensor_file(path, lower, inputs)
         except _READ_ERRORS as exc:
-            raise DataError("Cannot read tensor file {!r}: {}.".format(
-                path, str(exc).rstrip(".") or type(exc).__name__),
-                "Save inputs with numpy.save / numpy.savez (no object arrays).")
+            reason = str(exc).rstrip(".") or type(exc).__name__
+            if "pickle" in reason:
+                # numpy's own text suggests loading it unsafely; edgeinfer never unpickles.
+                reason = "it is not a numpy array file, or holds pickled (object) data"
+            raise DataError("Cannot read tensor file {!r}: {}.".format(path, reason),
+                            "Save inputs with numpy.save / numpy.savez (no object arrays).")
     if preprocess is None:
         raise UsageError("Bundle records no image preprocessing, so {!r} cannot be "
                          "fed to it.".format(path), "Give a .npy or .npz tensor instead.")
