@@ -26,7 +26,8 @@ Session configs (batch 1): 2 and 1 intra-op threads at ``ORT_ENABLE_ALL``;
 2 threads with ``session.x64quantprecision=1`` (U8U8 kernels instead of
 possibly saturating U8S8) on variants with int8 weights; 2 threads with
 ``session.qdqisint8allowed=1`` (keep int8 activations instead of ORT's x86
-S8->U8 rewrite) on S8S8 variants. At batch > 1 only the first two are run.
+S8->U8 rewrite) on S8S8 variants. ``--no-knobs`` keeps only the first two;
+at batch > 1 only the first one is run.
 
 Calibration and held-out inputs are crops of scikit-image's bundled sample
 images, preprocessed as the model's ``edgeinfer.preprocess`` metadata says;
@@ -438,7 +439,10 @@ def prepare(arch: str, args: argparse.Namespace) -> Prepared:
 def run_case(arch: str, batch: int, args: argparse.Namespace, prepared: Prepared) -> str:
     """Measure and tabulate one (model, batch)."""
     held_out, paths = prepared.held_out, prepared.paths
-    configs = DEFAULT_CONFIGS + KNOB_CONFIGS if batch == 1 else DEFAULT_CONFIGS[:1]
+    if batch > 1:
+        configs = DEFAULT_CONFIGS[:1]
+    else:
+        configs = DEFAULT_CONFIGS + ([] if args.no_knobs else KNOB_CONFIGS)
     cases = open_cases(paths, configs)
     x = np.concatenate([held_out] * (batch // len(held_out) + 1))[:batch]
     log(f"{arch} batch {batch}: timing {sum(c.session is not None for c in cases)} sessions")
@@ -465,6 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=os.path.join("build", "bench_int8"),
                         help="folder for the model variants")
+    parser.add_argument("--no-knobs", action="store_true",
+                        help="time only the 2- and 1-thread default sessions (fewer sessions per round)")
     parser.add_argument("--reuse", action="store_true", help="reuse variants already in --work")
     parser.add_argument("--md", help="also write the Markdown report here")
     args = parser.parse_args(argv)

@@ -110,11 +110,13 @@ def compare(reference_run, candidate_run, batches, output_names):
     return dict((name, s.result()) for name, s in stats.items())
 
 
-def measure_speed(runs, feeds, iterations=30, warmup=3):
+def measure_speed(runs, feeds, budget_s=1.0, min_rounds=20, max_rounds=2000, warmup=3):
     """Median latency of several models on the same feeds, measured interleaved.
 
     Interleaving (A B A B ...) spreads the machine's noise over all models alike,
-    so the ratio is trustworthy even when single times are not.
+    so the ratio is trustworthy even when single times are not.  The number of
+    rounds fills about ``budget_s`` seconds (between ``min_rounds`` and
+    ``max_rounds``), so microsecond models get enough samples for a stable median.
 
     Args:
         runs: dict label -> callable(feeds).
@@ -123,14 +125,16 @@ def measure_speed(runs, feeds, iterations=30, warmup=3):
     Returns:
         dict label -> median milliseconds.
     """
-    times = dict((label, []) for label in runs)
+    start = time.perf_counter()
     for _ in range(warmup):
         for run in runs.values():
             run(feeds)
-    for _ in range(iterations):
+    per_round = (time.perf_counter() - start) / warmup
+    rounds = int(min(max_rounds, max(min_rounds, budget_s / max(per_round, 1e-9))))
+    times = dict((label, []) for label in runs)
+    for _ in range(rounds):
         for label, run in runs.items():
-            start = time.perf_counter()
+            begin = time.perf_counter()
             run(feeds)
-            times[label].append(time.perf_counter() - start)
+            times[label].append(time.perf_counter() - begin)
     return dict((label, 1000.0 * float(np.median(t))) for label, t in times.items())
-
