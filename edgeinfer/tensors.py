@@ -4,7 +4,7 @@ A shape is a tuple whose entries are ints (fixed sizes) or strings (symbolic
 dims such as ``"batch"``); ``None`` stands for a dim with no name.
 """
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def specs_from_dicts(items):
 
 
 def find_spec(specs, name):
-    # type: (list, str) -> Optional[TensorSpec]
+    """The spec called ``name`` in ``specs``, or None."""
     for spec in specs:
         if spec.name == name:
             return spec

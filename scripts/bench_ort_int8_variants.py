@@ -12,8 +12,12 @@ this script makes, with ONNX Runtime's own tooling:
 * FP16: ``onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)``;
 
 then times every (model variant, session config) pair interleaved: each round
-runs every session once, in a freshly shuffled order, with a short sleep
-between calls so a previous session's spinning pool threads are idle. The
+runs every session once, in a freshly shuffled order, with a sleep (60 ms by
+default) before each call. The sleep matters: after a run, the worker threads
+of a multi-threaded session spin for about 40 ms (ORT's default
+``allow_spinning``); with a shorter gap the spinners of earlier sessions
+steal one of the two cores from the next measurement, which made single-
+threaded runs up to 2x slower in early trials of this script. The
 report gives the median latency, its interquartile range, the median of the
 per-round latency ratios against FP32 under the same thread count (a paired
 estimate, robust to drifts of a shared machine), the file size ratio, and the
@@ -463,7 +467,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="arch:batch pairs, e.g. resnet50:1 mobilenetv2:1 resnet50:8")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--gap-ms", type=float, default=5.0, help="sleep between timed calls")
+    parser.add_argument("--gap-ms", type=float, default=60.0,
+                        help="sleep before each timed call; must outlast ORT's ~40 ms pool-thread spin")
     parser.add_argument("--calib", type=int, default=32, help="calibration inputs")
     parser.add_argument("--holdout", type=int, default=8, help="held-out inputs for the cosines")
     parser.add_argument("--seed", type=int, default=0)

@@ -37,7 +37,6 @@ import zipfile
 from collections import namedtuple
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import edgeinfer

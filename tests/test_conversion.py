@@ -12,7 +12,7 @@ import pytest
 
 import edgeinfer
 from edgeinfer.bundle import Bundle
-from edgeinfer.errors import ConversionError, DataError, ModelError, UsageError
+from edgeinfer.errors import DataError, ModelError, UsageError
 
 from . import models
 

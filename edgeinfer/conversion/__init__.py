@@ -5,7 +5,6 @@ it, apply the target's recipe (FP32 / FP16 / INT8 dynamic / INT8 static), check
 the result against FP32, and write one bundle atomically.
 """
 
-import contextlib
 import datetime
 import logging
 import os
@@ -18,22 +17,19 @@ import numpy as np
 
 from .. import __version__
 from ..bundle import Bundle
-from ..errors import ConversionError, EdgeInferError, UsageError
+from ..errors import UsageError
 from ..lazy import require
-from ..memory import peak_rss_mb, reset_peak
-from ..profiles import PROFILES, cpu_features, machine_arch, resolve_target
-from . import ort as ort_recipe
+from ..profiles import cpu_features, machine_arch, resolve_target
+from ..runtime.backends import LocalFiles, get_backend
 from . import validate
-from .source import graph_specs, load_source
+from .recipe import Job, get_recipe
+from .source import load_source
 
 log = logging.getLogger("edgeinfer.conversion")
 
 PRECISIONS = ("int8", "fp16", "fp32")
 METHODS = ("auto", "static", "dynamic", "none")
 
-# The oldest ONNX Runtime that runs each opset (its release notes' opset table).
-ORT_FOR_OPSET = {13: "1.7", 14: "1.10", 15: "1.11", 16: "1.12", 17: "1.13", 18: "1.14",
-                 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.20", 23: "1.22"}
 # Time spent on the FP32-vs-converted latency check (more rounds for fast models).
 SPEED_CHECK_SECONDS = 1.0
 # A converted model slower than this fraction of FP32 latency earns a note.
@@ -72,10 +68,6 @@ def check_settings(settings):
     if settings.precision != "int8" and settings.method in ("static", "dynamic"):
         raise UsageError("--method {} applies to INT8, not {}.".format(
             settings.method, settings.precision), "Drop --method, or use --precision int8.")
-    if settings.int8_variant != "auto" and settings.int8_variant not in ort_recipe.INT8_VARIANTS:
-        raise UsageError("Unknown INT8 variant {!r}.".format(settings.int8_variant),
-                         "Use auto or one of: {}.".format(", ".join(ort_recipe.INT8_VARIANTS)))
-    ort_recipe.check_static_options(settings.method, settings.calibrate_method)
     for key in ("calibration_size", "batch_size"):
         if getattr(settings, key) < 1:
             raise UsageError("{} must be at least 1.".format(key.replace("_", "-")))
@@ -121,20 +113,6 @@ def synthetic_batches(inputs, count, batch_size, seed=0):
         yield feeds, None
 
 
-@contextlib.contextmanager
-def recipe_step(what):
-    """Turn a toolchain's own exception into a ConversionError naming the step."""
-    try:
-        yield
-    except EdgeInferError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError("{} failed: {}".format(what, first),
-                              "Run with --debug for the full error; if the model runs in "
-                              "ONNX Runtime as FP32, please report it.")
-
-
 def _open_data(path, inputs, preprocess, role):
     from ..datasets import open_dataset
     dataset = open_dataset(path, inputs, preprocess)
@@ -149,13 +127,6 @@ def _ort_runner(path):
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return lambda feeds: dict(zip(names, session.run(names, feeds)))
-
-
-def _min_backend_version(opset, precision):
-    version = ORT_FOR_OPSET.get(opset, ORT_FOR_OPSET[max(ORT_FOR_OPSET)] if opset > 23 else "1.7")
-    if precision == "int8":
-        version = max(version, ORT_FOR_QDQ, key=lambda v: tuple(int(p) for p in v.split(".")))
-    return version
 
 
 def _versions():
@@ -208,10 +179,8 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
     settings = Settings(target=target, precision=precision, method=method, **options)
     check_settings(settings)
     profile = resolve_target(settings.target)
-    if profile.backend != "onnxruntime":
-        raise UsageError("Target {!r} needs the {} backend, which this edgeinfer cannot build "
-                         "for yet.".format(target, profile.backend),
-                         "Use --target cpu (ONNX Runtime) for now.")
+    recipe = get_recipe(profile.backend)
+    recipe.check(settings)
     if settings.precision not in profile.precisions:
         raise UsageError("Target {} does not support {}.".format(profile.name, precision),
                          "It supports: {}.".format(", ".join(profile.precisions)))
@@ -224,8 +193,8 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
     workdir = tempfile.mkdtemp(prefix="edgeinfer-") if own_workdir else workdir
     os.makedirs(workdir, exist_ok=True)
     try:
-        return _convert(source, profile, settings, calibration, eval, output, preprocess_obj,
-                        name or source.name, overwrite, workdir)
+        return _convert(recipe, source, profile, settings, calibration, eval, output,
+                        preprocess_obj, name or source.name, overwrite, workdir)
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -260,8 +229,8 @@ def _split(calibration, eval_data, settings):
     return calib_idx, eval_idx
 
 
-def _convert(source, profile, settings, calibration_path, eval_path, output, preprocess,
-             name, overwrite, workdir):
+def _convert(recipe, source, profile, settings, calibration_path, eval_path, output,
+             preprocess, name, overwrite, workdir):
     calibration = (_open_data(calibration_path, source.inputs, preprocess, "calibration")
                    if calibration_path is not None else None)
     eval_data = (_open_data(eval_path, source.inputs, preprocess, "evaluation")
@@ -269,76 +238,15 @@ def _convert(source, profile, settings, calibration_path, eval_path, output, pre
     features = cpu_features() if profile.arch == machine_arch() else None
     batch = _batch_size(source.inputs, settings.batch_size)
     calib_idx, eval_idx = _split(calibration, eval_data, settings)
-    notes = []
-    quant = {}
-    calib_summary = None
-    method = "none"
-    converted = os.path.join(workdir, "model.onnx")
-
-    if settings.precision == "fp32":
-        with recipe_step("FP32 graph optimization"):
-            _, quant = ort_recipe.optimize_fp32(source.path, converted)
-    elif settings.precision == "fp16":
-        with recipe_step("FP16 conversion"):
-            _, quant = ort_recipe.convert_fp16(source.path, converted)
-        if features is not None and not features.get("fp16"):
-            notes.append("This CPU has no native FP16 arithmetic, so FP16 halves the model's "
-                         "size but does not speed it up here. FP16 is for GPUs (Jetson) and "
-                         "ARM CPUs with FP16 arithmetic (ARMv8.2+).")
-    else:
-        method, why = settings.method, "--method {} (asked for)".format(settings.method)
-        if method == "auto":
-            method, why = ort_recipe.auto_method(source.model, calibration is not None)
-        elif method == "dynamic" and ort_recipe.op_counts(source.model).get("Conv"):
-            notes.append("Dynamic INT8 leaves Conv ops in FP32: dynamic ConvInteger runs "
-                         "several times slower than FP32. Use --method static with "
-                         "--calibration to quantize them.")
-        if method == "static" and calibration is None:
-            raise UsageError("Static INT8 needs calibration data.",
-                             "Pass --calibration DIR (images, .npz or .npy files).")
-        variant_name, variant_why = settings.int8_variant, "--int8-variant {} (asked for)".format(
-            settings.int8_variant)
-        if variant_name == "auto":
-            variant_name, variant_why = ort_recipe.default_int8_variant(features, profile)
-        variant = ort_recipe.INT8_VARIANTS[variant_name]
-        with recipe_step("Pre-processing for quantization"):
-            prepared = ort_recipe.prepare(source.path, os.path.join(workdir, "prepared.onnx"),
-                                          workdir)
-        quant = {"method_reason": why, "variant": variant_name, "variant_reason": variant_why,
-                 "activations": variant.activations, "weights": variant.weights,
-                 "reduce_range": variant.reduce_range, "per_channel": settings.per_channel,
-                 "format": "QDQ" if method == "static" else "QOperator (dynamic)",
-                 "preprocessing": "onnxruntime quant_pre_process"}
-        if method == "dynamic":
-            with recipe_step("Dynamic INT8 quantization"):
-                _, extra = ort_recipe.quantize_dynamic(prepared, converted, source.model,
-                                                       variant, settings.per_channel)
-            quant.update(extra)
-        else:
-            reset_peak()
-            before = peak_rss_mb()
-            with recipe_step("Calibration"):
-                (cache, count, kind), seconds = ort_recipe.timed(
-                    ort_recipe.calibrate, prepared,
-                    (feeds for feeds, _ in iter_batches(calibration, calib_idx, batch)),
-                    settings.calibrate_method, workdir)
-            peak = peak_rss_mb()
-            calib_summary = {"data": calibration.describe(), "samples": len(calib_idx),
-                             "batches": count, "batch_size": batch,
-                             "method": settings.calibrate_method, "seconds": round(seconds, 3),
-                             "peak_rss_mb": None if peak is None else round(peak, 1),
-                             "rss_before_mb": None if before is None else round(before, 1)}
-            log.info("calibrated on %d samples in %.1f s", len(calib_idx), seconds)
-            with recipe_step("Static INT8 quantization"):
-                ort_recipe.quantize_static(prepared, converted, cache, kind, variant,
-                                           settings.per_channel)
-            quant["calibration_method"] = settings.calibrate_method
-
-    onnx = require("onnx")
-    converted_model = onnx.load(converted)
-    inputs, outputs = graph_specs(converted_model)
-    validation = _validate(source, converted, eval_data, eval_idx, calibration, batch, settings,
-                           features, notes, method)
+    job = Job(source, profile, settings, features, calibration, calib_idx, batch, workdir)
+    result = recipe.build(job)
+    notes = list(result.notes)
+    runner = get_backend(recipe.backend).load(LocalFiles(result.files, result.entry))
+    try:
+        validation = _validate(job, runner, eval_data, eval_idx, notes, recipe)
+        inputs, outputs = runner.inputs, runner.outputs
+    finally:
+        runner.close()
     manifest = {
         "format": "edgeinfer-bundle", "format_version": 1, "name": name,
         "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
@@ -346,44 +254,39 @@ def _convert(source, profile, settings, calibration_path, eval_path, output, pre
                    "size": os.path.getsize(source.path), "opset": source.opset,
                    "producer": "{} {}".format(source.model.producer_name,
                                               source.model.producer_version).strip()},
-        "target": {"backend": "onnxruntime", "profile": profile.name,
-                   "backend_version": require("onnxruntime").__version__,
-                   "min_backend_version": _min_backend_version(
-                       _opset_of(converted_model), settings.precision)},
-        "precision": settings.precision, "method": method, "quantization": quant,
-        "model": "model.onnx",
+        "target": {"backend": recipe.backend, "profile": profile.name,
+                   "backend_version": result.backend_version,
+                   "min_backend_version": result.min_backend_version},
+        "precision": settings.precision, "method": result.method,
+        "quantization": result.quantization, "model": result.entry,
         "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
-        "classes": source.classes, "partitions": None, "calibration": calib_summary,
+        "classes": source.classes, "partitions": None, "calibration": result.calibration,
         "validation": validation, "versions": _versions(), "notes": notes,
     }
-    bundle = Bundle.write(output, manifest, {"model.onnx": converted}, overwrite=overwrite)
+    bundle = Bundle.write(output, manifest, result.files, overwrite=overwrite)
     log.info("wrote %s (%d bytes)", output, os.path.getsize(output))
     return bundle
 
 
-def _opset_of(model):
-    from .source import default_opset
-    return default_opset(model)
-
-
-def _validate(source, converted, eval_data, eval_idx, calibration, batch, settings, features,
-              notes, method):
-    reference = _ort_runner(source.path)
-    candidate = _ort_runner(converted)
+def _validate(job, runner, eval_data, eval_idx, notes, recipe):
+    """Compare the converted model (run by its own backend) with FP32 ONNX Runtime."""
+    reference = _ort_runner(job.source.path)
+    candidate = runner.run
     if eval_idx:
-        data = eval_data if eval_data is not None else calibration
-        batches = lambda: iter_batches(data, eval_idx, batch)
+        data = eval_data if eval_data is not None else job.calibration
+        batches = lambda: iter_batches(data, eval_idx, job.batch)
         kind = "eval set" if eval_data is not None else "held-out calibration samples"
         where = data.describe()
         count = len(eval_idx)
     else:
-        batches = lambda: synthetic_batches(source.inputs, 32, batch)
+        batches = lambda: synthetic_batches(job.source.inputs, 32, job.batch)
         kind, where, count = "random inputs (no data given)", None, 32
-    names = [o.name for o in source.outputs]
+    names = [o.name for o in job.source.outputs]
     results = validate.compare(reference, candidate, batches(), names)
     validation = {"data": kind, "where": where, "samples": count, "outputs": results}
-    if settings.measure_speed and features is not None:
+    settings = job.settings
+    if settings.measure_speed and job.features is not None:
         feeds = next(iter(batches()))[0]
         one = dict((k, v[:1]) for k, v in feeds.items())
         speed = validate.measure_speed({"fp32": reference, "converted": candidate}, one,
@@ -391,12 +294,10 @@ def _validate(source, converted, eval_data, eval_idx, calibration, batch, settin
         ratio = speed["converted"] / speed["fp32"]
         validation["speed"] = {"batch": 1, "fp32_ms": round(speed["fp32"], 4),
                                "converted_ms": round(speed["converted"], 4),
-                               "ratio": round(ratio, 3), "machine": features.get("model")}
+                               "ratio": round(ratio, 3), "machine": job.features.get("model")}
         # Within 5% is noise on a shared machine: "no faster" is what users need to hear.
         if ratio > NO_GAIN_RATIO and settings.precision == "int8":
-            notes.append("On this CPU the {} model is no faster than FP32 with ONNX Runtime "
-                         "({:.2f}x the FP32 latency at batch 1). Ship --precision fp32 for this CPU, "
-                         "or run INT8 with OpenVINO (NNCF), whose INT8 kernels are faster on "
-                         "x86 CPUs without VNNI (edgeinfer's intel-cpu target).".format(
-                             settings.precision.upper(), ratio))
+            notes.append("On this CPU the INT8 model is no faster than FP32 with {} ({:.2f}x "
+                         "the FP32 latency at batch 1). {}".format(
+                             recipe.backend, ratio, recipe.slow_int8_hint))
     return validation

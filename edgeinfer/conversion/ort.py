@@ -8,12 +8,13 @@ it chose and why.
 import contextlib
 import io
 import os
-import time
+import pathlib
 from typing import NamedTuple
 
 from ..errors import ConversionError, UsageError
 from ..lazy import require
-from .source import QUANT_OPSET
+from .recipe import Result, recipe_step, run_calibration
+from .source import QUANT_OPSET, default_opset
 
 # Ops that stay FP32 in an FP16 model: they are numerically unsafe in half
 # precision (reductions over many elements, exp/log ranges, index math) or have
@@ -136,7 +137,6 @@ def prepare(source_path, out_path, workdir):
     onnx = require("onnx", "INT8 conversion")
     shape_inference = require("onnxruntime.quantization.shape_inference", "INT8 conversion")
     model = onnx.load(source_path)
-    from .source import default_opset  # local: same package, avoids a cycle at import
     if default_opset(model) < QUANT_OPSET:
         version_converter = require("onnx.version_converter")
         try:
@@ -227,13 +227,12 @@ def calibrate(prepared_path, batches, method, workdir, percentile=99.999):
         (path of the JSON range cache, number of batches)
     """
     calibrate_mod = require("onnxruntime.quantization.calibrate", "INT8 calibration")
-    from pathlib import Path
     kind = {"minmax": calibrate_mod.CalibrationMethod.MinMax,
             "entropy": calibrate_mod.CalibrationMethod.Entropy,
             "percentile": calibrate_mod.CalibrationMethod.Percentile}[method]
     extra = {"percentile": percentile} if method == "percentile" else {}
     calibrator = calibrate_mod.create_calibrator(
-        Path(prepared_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
+        pathlib.Path(prepared_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
         calibrate_method=kind, extra_options=extra)
     count = 0
     # The histogram calibrators print progress lines per call; keep them off stdout.
@@ -263,13 +262,104 @@ def quantize_static(prepared_path, out_path, cache, kind, variant, per_channel, 
     return out_path
 
 
-def check_static_options(method, calibrate_method):
-    if calibrate_method not in CALIBRATION_METHODS:
-        raise UsageError("Unknown calibration method {!r}.".format(calibrate_method),
+def check_calibrate_method(name):
+    if name not in CALIBRATION_METHODS:
+        raise UsageError("Unknown calibration method {!r}.".format(name),
                          "Use one of: {}.".format(", ".join(CALIBRATION_METHODS)))
 
 
-def timed(function, *args, **kwargs):
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
+# The oldest ONNX Runtime that runs each opset (its release notes' opset table).
+ORT_FOR_OPSET = {13: "1.7", 14: "1.10", 15: "1.11", 16: "1.12", 17: "1.13", 18: "1.14",
+                 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.20", 23: "1.22"}
+# Static QDQ models need the QDQ fusions of 1.11 to run as INT8 kernels.
+ORT_FOR_QDQ = "1.11"
+
+
+def min_ort_version(opset, precision):
+    """The oldest ONNX Runtime that runs a model of this opset and precision."""
+    known = sorted(ORT_FOR_OPSET)
+    version = ORT_FOR_OPSET.get(opset) or ORT_FOR_OPSET[known[-1] if opset > known[-1]
+                                                        else known[0]]
+    if precision == "int8":
+        version = max(version, ORT_FOR_QDQ, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return version
+
+
+class OrtRecipe(object):
+    """ONNX Runtime bundles: FP32, FP16, INT8 dynamic and INT8 static (QDQ)."""
+
+    backend = "onnxruntime"
+    # Said when INT8 is no faster than FP32 here: the alternative that is.
+    slow_int8_hint = ("Ship --precision fp32 for this CPU, or run INT8 with OpenVINO (NNCF), "
+                      "whose INT8 kernels are faster on x86 CPUs without VNNI (edgeinfer's "
+                      "intel-cpu target).")
+
+    def check(self, settings):
+        """Refuse settings this recipe cannot honour, before any work."""
+        check_calibrate_method(settings.calibrate_method)
+        if settings.int8_variant != "auto" and settings.int8_variant not in INT8_VARIANTS:
+            raise UsageError("Unknown INT8 variant {!r}.".format(settings.int8_variant),
+                             "Use auto or one of: {}.".format(", ".join(INT8_VARIANTS)))
+
+    def build(self, job):
+        """Convert ``job.source`` as ``job.settings`` ask; return a :class:`Result`."""
+        settings, source = job.settings, job.source
+        out = os.path.join(job.workdir, "model.onnx")
+        notes, calibration, method = [], None, "none"
+        if settings.precision == "fp32":
+            with recipe_step("FP32 graph optimization"):
+                _, quant = optimize_fp32(source.path, out)
+        elif settings.precision == "fp16":
+            with recipe_step("FP16 conversion"):
+                _, quant = convert_fp16(source.path, out)
+            if job.features is not None and not job.features.get("fp16"):
+                notes.append("This CPU has no native FP16 arithmetic, so FP16 halves the "
+                             "model's size but does not speed it up here. FP16 is for GPUs "
+                             "(Jetson) and ARM CPUs with FP16 arithmetic (ARMv8.2+).")
+        else:
+            method, quant, calibration = self._int8(job, out, notes)
+        onnx = require("onnx")
+        opset = default_opset(onnx.load(out, load_external_data=False))
+        return Result({"model.onnx": out}, "model.onnx", method, quant, calibration,
+                      require("onnxruntime").__version__,
+                      min_ort_version(opset, settings.precision), notes)
+
+    def _int8(self, job, out, notes):
+        settings, source = job.settings, job.source
+        method, why = settings.method, "--method {} (asked for)".format(settings.method)
+        if method == "auto":
+            method, why = auto_method(source.model, job.calibration is not None)
+        elif method == "dynamic" and op_counts(source.model).get("Conv"):
+            notes.append("Dynamic INT8 leaves Conv ops in FP32: dynamic ConvInteger runs "
+                         "several times slower than FP32. Use --method static with "
+                         "--calibration to quantize them.")
+        if method == "static" and job.calibration is None:
+            raise UsageError("Static INT8 needs calibration data.",
+                             "Pass --calibration DIR (images, .npz or .npy files).")
+        name, name_why = settings.int8_variant, "--int8-variant {} (asked for)".format(
+            settings.int8_variant)
+        if name == "auto":
+            name, name_why = default_int8_variant(job.features, job.profile)
+        variant = INT8_VARIANTS[name]
+        with recipe_step("Pre-processing for quantization"):
+            prepared = prepare(source.path, os.path.join(job.workdir, "prepared.onnx"),
+                               job.workdir)
+        quant = {"method_reason": why, "variant": name, "variant_reason": name_why,
+                 "activations": variant.activations, "weights": variant.weights,
+                 "reduce_range": variant.reduce_range, "per_channel": settings.per_channel,
+                 "format": "QDQ" if method == "static" else "QOperator (dynamic)",
+                 "preprocessing": "onnxruntime quant_pre_process"}
+        if method == "dynamic":
+            with recipe_step("Dynamic INT8 quantization"):
+                _, extra = quantize_dynamic(prepared, out, source.model, variant,
+                                            settings.per_channel)
+            quant.update(extra)
+            return method, quant, None
+        with recipe_step("Calibration"):
+            (cache, _, kind), summary = run_calibration(
+                job, lambda batches: calibrate(prepared, batches, settings.calibrate_method,
+                                               job.workdir))
+        with recipe_step("Static INT8 quantization"):
+            quantize_static(prepared, out, cache, kind, variant, settings.per_channel)
+        quant["calibration_method"] = settings.calibrate_method
+        return method, quant, summary

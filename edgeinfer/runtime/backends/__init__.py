@@ -41,6 +41,23 @@ def get_backend(name):
     return getattr(module, class_name)()
 
 
+class LocalFiles(object):
+    """Model files in a folder rather than a bundle (used to validate before bundling).
+
+    Attributes:
+        paths: dict member name -> file path.
+        entry: the member name of the model's main file.
+    """
+
+    def __init__(self, paths, entry):
+        self.paths = dict(paths)
+        self.entry = entry
+
+    def read(self, name=None):
+        with open(self.paths[name or self.entry], "rb") as handle:
+            return handle.read()
+
+
 class ModelFiles(object):
     """The files of one model inside a bundle, as a backend sees them.
 
