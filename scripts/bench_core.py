@@ -74,28 +74,36 @@ def natural_images(folder, count, size=256, seed=0):
     return folder
 
 
-def interleaved(runs, feeds, rounds, warmup=5):
-    """Median seconds per callable, timed round-robin (A B C A B C ...)."""
+def interleaved(runs, feeds, rounds, warmup=5, pause=0.0):
+    """Median seconds per callable, timed round-robin (A B C A B C ...).
+
+    ``pause`` seconds before each call let the previous session's spinning ONNX
+    Runtime pool threads go idle, so they do not steal a core from the next one.
+    Callables sharing one underlying session need no pause between them.
+    """
     samples = dict((label, []) for label in runs)
     for _ in range(warmup):
         for run in runs.values():
             run(feeds)
     for _ in range(rounds):
         for label, run in runs.items():
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             run(feeds)
             samples[label].append(time.perf_counter() - start)
     return dict((label, float(np.median(v))) for label, v in samples.items()), samples
 
 
-def bare_session(bundle):
-    """A plain InferenceSession on the model bytes inside a bundle (same options as edgeinfer)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(bundle.read(bundle.manifest["model"]), options,
-                                   providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda feeds: session.run(names, feeds)
+def bare_session(session):
+    """The InferenceSession inside an edgeinfer Session, called directly.
+
+    Same session object, same thread pool: the difference between the two paths
+    is exactly what edgeinfer adds per call.
+    """
+    inference = session._runner._session
+    names = [o.name for o in inference.get_outputs()]
+    return lambda feeds: inference.run(names, feeds)
 
 
 def md_table(rows):
@@ -153,7 +161,7 @@ def section_latency(workdir, images, rounds):
                                        measure_speed=False, **extra)
             session = edgeinfer.load(path)
             runs["ei:" + label] = session.run
-            runs["ort:" + label] = bare_session(bundle)
+            runs["ort:" + label] = bare_session(session)
             q = bundle.manifest["quantization"]
             meta[label] = (precision, "{} / {}".format(bundle.manifest["method"],
                                                        q.get("variant", "-")),
@@ -162,7 +170,7 @@ def section_latency(workdir, images, rounds):
             print("converted", arch, label, flush=True)
         x = {"input": np.random.RandomState(0).standard_normal((1, 3, 224, 224)).astype(
             np.float32)}
-        med, samples = interleaved(runs, x, rounds)
+        med, samples = interleaved(runs, x, rounds, pause=0.06)
         for label, (precision, how, size) in meta.items():
             rows.append((arch, precision, how, "{:.3f}x".format(size),
                          "{:.2f}".format(1000 * med["ei:" + label]),
@@ -183,7 +191,7 @@ def section_overhead(workdir, mobilenet_overhead, calls):
     bundle = edgeinfer.convert(source, precision="fp32", output=path, overwrite=True,
                                measure_speed=False)
     session = edgeinfer.load(path)
-    bare = bare_session(bundle)
+    bare = bare_session(session)
     shape = bundle.inputs[0].concrete_shape(batch=1)
     x = {"input": np.random.RandomState(0).standard_normal(shape).astype(np.float32)}
     med, samples = interleaved({"edgeinfer": session.run, "bare": bare}, x, calls, warmup=200)

@@ -10,6 +10,10 @@ import time
 
 import numpy as np
 
+# Seconds to let a previous model's spinning pool threads go idle before timing the
+# next one (they spin about 40 ms on this class of machine).
+SPIN_PAUSE_S = 0.06
+
 
 def is_classifier_output(array):
     """A [N, C] output with C > 1 is read as class scores."""
@@ -118,6 +122,10 @@ def measure_speed(runs, feeds, budget_s=1.0, min_rounds=20, max_rounds=2000, war
     rounds fills about ``budget_s`` seconds (between ``min_rounds`` and
     ``max_rounds``), so microsecond models get enough samples for a stable median.
 
+    ONNX Runtime's pool threads keep spinning for tens of milliseconds after a
+    multi-threaded run and would steal a core from the next model, so models
+    slower than a millisecond get a pause (:data:`SPIN_PAUSE_S`) before each call.
+
     Args:
         runs: dict label -> callable(feeds).
         feeds: one batch of inputs.
@@ -130,10 +138,14 @@ def measure_speed(runs, feeds, budget_s=1.0, min_rounds=20, max_rounds=2000, war
         for run in runs.values():
             run(feeds)
     per_round = (time.perf_counter() - start) / warmup
-    rounds = int(min(max_rounds, max(min_rounds, budget_s / max(per_round, 1e-9))))
+    pause = SPIN_PAUSE_S if per_round / len(runs) > 1e-3 else 0.0
+    rounds = int(min(max_rounds, max(min_rounds,
+                                     budget_s / max(per_round + pause * len(runs), 1e-9))))
     times = dict((label, []) for label in runs)
     for _ in range(rounds):
         for label, run in runs.items():
+            if pause:
+                time.sleep(pause)
             begin = time.perf_counter()
             run(feeds)
             times[label].append(time.perf_counter() - begin)
