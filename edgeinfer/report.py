@@ -62,6 +62,10 @@ def describe_bundle(bundle, brief=False):
         for entry in m["files"]:
             lines.append("  file:       {} {} sha256 {}...".format(
                 entry["name"], _size(entry["size"]), entry["sha256"][:16]))
+        versions = m.get("versions") or {}
+        lines.append("  built:      {} by edgeinfer {} ({})".format(
+            m.get("created", "?"), versions.get("edgeinfer", "?"), ", ".join(
+                "{} {}".format(k, v) for k, v in sorted(versions.items()) if k != "edgeinfer")))
         source = m.get("source") or {}
         if source:
             lines.append("  source:     {} ({}, opset {}, sha256 {}...)".format(

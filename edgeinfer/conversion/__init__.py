@@ -34,8 +34,6 @@ METHODS = ("auto", "static", "dynamic", "none")
 SPEED_CHECK_SECONDS = 1.0
 # A converted model slower than this fraction of FP32 latency earns a note.
 NO_GAIN_RATIO = 0.95
-# Static QDQ models need the QDQ fusions of 1.11 to run as INT8 kernels.
-ORT_FOR_QDQ = "1.11"
 
 
 class Settings(NamedTuple):
