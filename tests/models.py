@@ -105,6 +105,54 @@ def token_model(opset=17, seed=0, vocab=50, width=8):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def outlier_convnet(seed=0, outlier=1000.0, opset=17):
+    """A small conv net whose conv2 output has one channel ``outlier`` times larger.
+
+        x[batch,3,8,8] -> conv1(3->8, 3x3) -> relu1 -> conv2(8->8, 3x3) -> relu2
+            -> conv3(8->8, 3x3) -> relu3 -> pool (GlobalAveragePool) -> flatten
+            -> fc (Gemm 8->10) -> y[batch,10]
+
+    Channel 0 of conv2 (weights and bias) is multiplied by ``outlier`` and conv3's
+    weights that read that channel are divided by it, so the FP32 function is the
+    plain network's.  INT8 is not: the tensor between relu2 and conv3 gets one
+    per-tensor scale, set by the outlier channel, so the other seven channels
+    round to a few levels.  That tensor is conv2's output and conv3's input, so
+    the offending ops are conv2(+relu2) and conv3(+relu3); the rest quantize well.
+    """
+    rng = np.random.RandomState(seed)
+
+    def conv(cin, cout):
+        w = rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)
+        return w.astype(np.float32), (0.1 * rng.standard_normal(cout)).astype(np.float32)
+
+    w1, b1 = conv(3, 8)
+    w2, b2 = conv(8, 8)
+    w3, b3 = conv(8, 8)
+    w2[0] *= outlier
+    b2[0] = abs(b2[0]) * outlier  # keep channel 0 mostly positive after relu2
+    w3[:, 0] /= outlier
+    fc = (rng.standard_normal((10, 8)) / np.sqrt(8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "outlier_convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", b2), _init("w3", w3),
+         _init("b3", b3), _init("fc", fc), _init("fc_b", np.zeros(10, np.float32))])
+    return helper.make_model(graph, producer_name="edgeinfer-tests",
+                             opset_imports=[helper.make_opsetid("", opset)])
+
+
 def save(model, path):
     onnx.save(model, str(path))
     return str(path)
