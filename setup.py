@@ -18,7 +18,9 @@ def version():
         return re.search(r'^__version__ = "([^"]+)"', handle.read(), re.M).group(1)
 
 
-CONVERT = ["onnx>=1.14", "onnxruntime>=1.17", "onnxconverter-common>=1.14"]
+# nncf: the OpenVINO INT8 recipes (quantize, compress_weights with INT8_ASYM: 2.9+); the
+# OpenVINO IR itself needs the [openvino] extra as well.
+CONVERT = ["onnx>=1.14", "onnxruntime>=1.17", "onnxconverter-common>=1.14", "nncf>=2.9"]
 
 EXTRAS = {
     # device side: one backend each
@@ -28,7 +30,8 @@ EXTRAS = {
     "convert": CONVERT,
     # development: tests, version checks, and the demo model's training script.
     # torch is pinned exactly: any other requirement pulls a multi-GB CUDA build here.
-    "dev": CONVERT + ["pytest>=7", "vermin>=1.6", "scikit-learn>=1.0", "torch==2.13.0"],
+    "dev": CONVERT + ["openvino>=2024.0", "pytest>=7", "vermin>=1.6", "scikit-learn>=1.0",
+                      "torch==2.13.0"],
 }
 
 setup(

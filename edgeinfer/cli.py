@@ -75,8 +75,9 @@ def _json_option(value, what):
 @click.option("-p", "--precision", default="int8", show_default=True,
               type=click.Choice(["int8", "fp16", "fp32"]))
 @click.option("-m", "--method", default="auto", show_default=True,
-              type=click.Choice(["auto", "static", "dynamic"]),
-              help="INT8 method: auto = static for conv nets, dynamic for MatMul-heavy models.")
+              type=click.Choice(["auto", "static", "dynamic", "weights-only"]),
+              help="INT8 method: auto = static for conv nets; for MatMul-heavy models dynamic "
+                   "(ONNX Runtime) or weights-only (OpenVINO).")
 @click.option("-c", "--calibration", type=click.Path(),
               help="Calibration data: image folder, .npz, or folder of .npy/.npz samples.")
 @click.option("-e", "--eval", "eval_data", type=click.Path(),
@@ -98,9 +99,26 @@ def _json_option(value, what):
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("--no-speed-check", is_flag=True,
               help="Skip the FP32-vs-converted latency check on this machine.")
+@click.option("--preset", type=click.Choice(["performance", "mixed"]),
+              help="OpenVINO INT8 (NNCF): performance = symmetric, mixed = asymmetric "
+                   "activations. Default: NNCF's (mixed for --model-type transformer).")
+@click.option("--model-type", type=click.Choice(["transformer"]),
+              help="OpenVINO INT8 (NNCF): transformer keeps attention's sensitive ops in FP32 "
+                   "and applies SmoothQuant.")
+@click.option("--fast-bias-correction/--no-fast-bias-correction", default=None,
+              help="OpenVINO INT8 (NNCF): the fast bias correction (NNCF's default) or the "
+                   "slower, usually more accurate one.")
+@click.option("--subset-size", type=int,
+              help="OpenVINO INT8 (NNCF): calibration samples used (default NNCF's 300).")
+@click.option("--ignore-node", "ignored_names", multiple=True, metavar="NAME",
+              help="OpenVINO INT8 (NNCF): keep this ONNX node in FP32 (repeatable).")
+@click.option("--ignore-op-type", "ignored_types", multiple=True, metavar="TYPE",
+              help="OpenVINO INT8 (NNCF): keep every op of this type in FP32, e.g. Conv or "
+                   "MatMul (repeatable).")
 def convert(model, target, precision, method, calibration, eval_data, output, calibrate_method,
             int8_variant, per_channel, calibration_size, eval_size, batch_size, preprocess,
-            name, overwrite, no_speed_check):
+            name, overwrite, no_speed_check, preset, model_type, fast_bias_correction,
+            subset_size, ignored_names, ignored_types):
     """Convert an ONNX MODEL to an .eib bundle for a target, checked against FP32."""
     from .conversion import convert as run_convert
     from .report import describe_bundle
@@ -109,7 +127,9 @@ def convert(model, target, precision, method, calibration, eval_data, output, ca
         eval=eval_data, output=output, preprocess=_json_option(preprocess, "--preprocess"),
         name=name, overwrite=overwrite, calibrate_method=calibrate_method,
         int8_variant=int8_variant, per_channel=per_channel, calibration_size=calibration_size,
-        eval_size=eval_size, batch_size=batch_size, measure_speed=not no_speed_check)
+        eval_size=eval_size, batch_size=batch_size, measure_speed=not no_speed_check,
+        preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
+        subset_size=subset_size, ignored_names=ignored_names, ignored_types=ignored_types)
     click.echo(describe_bundle(bundle, brief=True))
 
 
@@ -136,7 +156,10 @@ def inspect(bundle, as_json, no_verify):
 @click.option("--save", type=click.Path(),
               help="Write all outputs to this .npz (keys: INPUT-PATH/OUTPUT-NAME).")
 @click.option("--overwrite", is_flag=True, help="Replace the --save file if it exists.")
-def run(bundle, inputs, top_k, save, overwrite):
+@click.option("--device",
+              help="Where to run: CPU (default), GPU, NPU, AUTO, HETERO:GPU,CPU for OpenVINO "
+                   "bundles; cpu or cuda for ONNX Runtime ones (`edgeinfer doctor` lists them).")
+def run(bundle, inputs, top_k, save, overwrite, device):
     """Run BUNDLE on INPUTS (images, .npy or .npz files) and print the results."""
     from .errors import UsageError
     from .preprocess import Preprocess
@@ -146,7 +169,7 @@ def run(bundle, inputs, top_k, save, overwrite):
     if save and os.path.exists(save) and not overwrite:
         raise UsageError("Output {!r} already exists.".format(save),
                          "Choose another name, or pass --overwrite.")
-    session = load(bundle)
+    session = load(bundle, device=device)
     recorded = session.manifest.get("preprocess")
     preprocess = Preprocess.from_dict(recorded) if recorded else None
     saved = {}
@@ -182,7 +205,7 @@ def _save_npz(path, arrays):
 @main.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def doctor(as_json):
-    """What this machine can run: backends, CPU features, Jetson, best INT8 settings."""
+    """What this machine can run: backends and their devices, CPU features, Jetson, INT8."""
     from .doctor import collect, format_report
     report = collect()
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -28,6 +28,16 @@ def _probe(module):
     return version, detail
 
 
+def openvino_devices():
+    """OpenVINO's devices with their name and capabilities, or (None, why not)."""
+    try:
+        from .runtime.backends.openvino import describe_devices
+        return describe_devices(), None
+    except Exception as exc:  # a device plugin that fails to load must not stop doctor
+        return None, "cannot list devices: {}".format(str(exc).strip().splitlines()[-1]
+                                                     if str(exc).strip() else exc)
+
+
 def int8_advice(features):
     """What INT8 looks like on this CPU, in one sentence."""
     if features["arch"] == "aarch64":
@@ -50,6 +60,11 @@ def collect():
         version, detail = _probe(name)
         backends[name] = {"available": version is not None, "version": version,
                           "detail": detail}
+        if name == "openvino" and version is not None:
+            devices, why_not = openvino_devices()
+            backends[name]["devices"] = devices or []
+            if why_not:
+                backends[name]["detail"] = why_not
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -76,5 +91,10 @@ def format_report(report):
     for name, info in report["backends"].items():
         state = info["version"] if info["available"] else "missing"
         lines.append("{:<10} {}  {}".format(name, state, info["detail"]).rstrip())
+        for device in info.get("devices") or ():
+            lines.append("{:<10}   {:<6} {}{}".format(
+                "", device["name"], device.get("full_name", "?"),
+                "  [{}]".format(", ".join(device["capabilities"]))
+                if device.get("capabilities") else ""))
     lines.append("int8       {}".format(report["int8"]))
     return "\n".join(lines)

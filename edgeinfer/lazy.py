@@ -15,7 +15,7 @@ EXTRAS = {
     "onnxruntime": "ort",
     "onnxconverter_common": "convert",
     "openvino": "openvino",
-    "nncf": "openvino",
+    "nncf": "convert",
     "tensorrt": "tensorrt",
     "torch": "qat",
     "redis": "redis",

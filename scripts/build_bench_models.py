@@ -14,6 +14,12 @@ Architectures:
   linear bottlenecks, ReLU6 written as ``Clip(0, 6)``), ~3.5 M parameters.
 * ``tiny``: Conv + Relu + GlobalAveragePool + Flatten + Gemm on an 8x8 input,
   for measuring per-call overhead.
+* ``transformer``: a small BERT-style encoder (the MatMul-heavy case): 2 post-LN
+  layers, hidden 128, 4 heads, FFN 512, GELU written with ``Erf``, on a fixed
+  sequence of 64 embeddings. Input ``input`` float32 [batch, 64, 128] (token plus
+  position embeddings, as an embedding layer would give), output ``hidden``
+  float32 [batch, 64, 128] (the last hidden state, every value compared), ~0.4 M
+  parameters, no preprocessing metadata.
 
 BatchNorm is taken as already folded: every conv carries a bias. Weights are
 He-normal (std = gain / sqrt(fan_in), gain sqrt(2) before a ReLU, 1 before a
@@ -81,6 +87,10 @@ class GraphBuilder:
         name = self._unique(name)
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
+
+    def shared(self, name: str, value: np.ndarray) -> str:
+        """An initializer many nodes read: added on first use, then reused by name."""
+        return name if name in self._names else self.constant(name, value)
 
     def node(self, op: str, inputs: Sequence[str], name: str, output: Optional[str] = None,
              **attrs) -> str:
@@ -211,6 +221,75 @@ def _tiny(g: GraphBuilder, x: str) -> str:
     return g.classifier(y, 8, 10)
 
 
+# ------------------------------------------------------------------ transformer
+
+TRANSFORMER = {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "seq": 64}
+
+
+def _linear(g: GraphBuilder, x: str, name: str, cin: int, cout: int, gain: float = 1.0) -> str:
+    """x @ W + b with W [cin, cout] (as torch exports nn.Linear on 3-D inputs)."""
+    w = g.constant(f"{name}.weight", g.he_normal((cin, cout), cin, gain))
+    b = g.constant(f"{name}.bias", g.bias(cout))
+    return g.node("Add", [g.node("MatMul", [x, w], f"{name}.matmul"), b], f"{name}.add")
+
+
+def _layer_norm(g: GraphBuilder, x: str, name: str, width: int) -> str:
+    gamma = g.constant(f"{name}.weight", np.ones(width, np.float32))
+    beta = g.constant(f"{name}.bias", np.zeros(width, np.float32))
+    return g.node("LayerNormalization", [x, gamma, beta], name, axis=-1, epsilon=1e-5)
+
+
+def _gelu(g: GraphBuilder, x: str, name: str) -> str:
+    """Exact GELU, 0.5 * x * (1 + erf(x / sqrt(2))), as torch exports it before opset 20."""
+    sqrt2 = g.shared("gelu.sqrt2", np.array(math.sqrt(2.0), np.float32))
+    one = g.shared("gelu.one", np.array(1.0, np.float32))
+    half = g.shared("gelu.half", np.array(0.5, np.float32))
+    erf = g.node("Erf", [g.node("Div", [x, sqrt2], f"{name}.div")], f"{name}.erf")
+    y = g.node("Mul", [x, g.node("Add", [erf, one], f"{name}.add")], f"{name}.mul")
+    return g.node("Mul", [y, half], f"{name}.half")
+
+
+def _attention(g: GraphBuilder, x: str, name: str, hidden: int, heads: int) -> str:
+    """Multi-head self-attention: [b, s, h] -> [b, s, h]."""
+    head = hidden // heads
+    split = g.shared("attn.split_shape", np.array([0, 0, heads, head], np.int64))
+    merge = g.shared("attn.merge_shape", np.array([0, 0, hidden], np.int64))
+    scale = g.shared("attn.scale", np.array(1.0 / math.sqrt(head), np.float32))
+
+    def heads_of(which: str, perm: List[int]) -> str:
+        y = _linear(g, x, f"{name}.{which}", hidden, hidden)
+        y = g.node("Reshape", [y, split], f"{name}.{which}.split")
+        return g.node("Transpose", [y], f"{name}.{which}.transpose", perm=perm)
+
+    q = heads_of("query", [0, 2, 1, 3])   # [b, heads, s, head]
+    k = heads_of("key", [0, 2, 3, 1])     # [b, heads, head, s]
+    v = heads_of("value", [0, 2, 1, 3])   # [b, heads, s, head]
+    scores = g.node("Mul", [g.node("MatMul", [q, k], f"{name}.scores"), scale],
+                    f"{name}.scaled")
+    probs = g.node("Softmax", [scores], f"{name}.softmax", axis=-1)
+    context = g.node("MatMul", [probs, v], f"{name}.context")
+    context = g.node("Transpose", [context], f"{name}.context.transpose", perm=[0, 2, 1, 3])
+    context = g.node("Reshape", [context, merge], f"{name}.context.merge")
+    return _linear(g, context, f"{name}.output", hidden, hidden, gain=RESIDUAL_BRANCH_SCALE)
+
+
+def _transformer(g: GraphBuilder, x: str) -> str:
+    """BERT-style post-LN encoder layers; returns the last hidden state's name."""
+    hidden, heads, ffn = TRANSFORMER["hidden"], TRANSFORMER["heads"], TRANSFORMER["ffn"]
+    y = _layer_norm(g, x, "embeddings.norm", hidden)
+    for i in range(TRANSFORMER["layers"]):
+        name = f"encoder.{i}"
+        attended = _attention(g, y, f"{name}.attention", hidden, heads)
+        y = _layer_norm(g, g.node("Add", [y, attended], f"{name}.attention.residual"),
+                        f"{name}.attention.norm", hidden)
+        h = _gelu(g, _linear(g, y, f"{name}.ffn.up", hidden, ffn, gain=math.sqrt(2.0)),
+                  f"{name}.ffn.gelu")
+        h = _linear(g, h, f"{name}.ffn.down", ffn, hidden, gain=RESIDUAL_BRANCH_SCALE)
+        y = _layer_norm(g, g.node("Add", [y, h], f"{name}.ffn.residual"), f"{name}.ffn.norm",
+                        hidden)
+    return g.node("Identity", [y], "hidden", output="hidden")
+
+
 # ----------------------------------------------------------------------- public
 
 # arch -> (body, input size, classes)
@@ -219,6 +298,15 @@ ARCHS: Dict[str, Tuple[Callable[[GraphBuilder, str], str], int, int]] = {
     "mobilenetv2": (_mobilenetv2, IMAGE_SIZE, NUM_CLASSES),
     "tiny": (_tiny, 8, 10),
 }
+
+# Sequence models: arch -> (body, input shape after the batch dim, output shape after it).
+SEQUENCE_ARCHS: Dict[str, Tuple[Callable[[GraphBuilder, str], str], Tuple[int, ...],
+                                Tuple[int, ...]]] = {
+    "transformer": (_transformer, (TRANSFORMER["seq"], TRANSFORMER["hidden"]),
+                    (TRANSFORMER["seq"], TRANSFORMER["hidden"])),
+}
+
+ALL_ARCHS = set(ARCHS) | set(SEQUENCE_ARCHS)
 
 
 def preprocess_metadata(image_size: int) -> Dict[str, object]:
@@ -235,31 +323,37 @@ def preprocess_metadata(image_size: int) -> Dict[str, object]:
 
 
 def build(arch: str, seed: int = 0) -> onnx.ModelProto:
-    """Build the ``arch`` model (see ``ARCHS``) with weights drawn from ``seed``.
+    """Build the ``arch`` model (see ``ARCHS`` and ``SEQUENCE_ARCHS``) with weights from ``seed``.
 
-    Input ``input`` float32 [batch, 3, S, S]; output ``logits`` float32
-    [batch, classes]; opset 17; metadata ``edgeinfer.preprocess`` set.
-    The model passes ``onnx.checker.check_model``.
+    Image models: input ``input`` float32 [batch, 3, S, S]; output ``logits``
+    float32 [batch, classes]; metadata ``edgeinfer.preprocess`` set.  Sequence
+    models: input ``input`` float32 [batch, seq, hidden], output ``hidden`` of the
+    same shape, no preprocessing metadata.  Opset 17; the model passes
+    ``onnx.checker.check_model``.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
-    body, size, classes = ARCHS[arch]
+    if arch not in ARCHS and arch not in SEQUENCE_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ALL_ARCHS)}")
     g = GraphBuilder(seed)
-    logits = body(g, "input")
+    if arch in SEQUENCE_ARCHS:
+        body, in_shape, out_shape = SEQUENCE_ARCHS[arch]
+        size = None
+    else:
+        body, size, classes = ARCHS[arch]
+        in_shape, out_shape = (3, size, size), (classes,)
+    output = body(g, "input")
     graph = helper.make_graph(
         g.nodes, arch,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *in_shape])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", *out_shape])],
         initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgeinfer.build_bench_models",
                               doc_string=f"{arch}, random weights, seed {seed}")
     model.ir_version = IR_VERSION
-    helper.set_model_props(model, {
-        "edgeinfer.preprocess": json.dumps(preprocess_metadata(size)),
-        "edgeinfer.bench.arch": arch,
-        "edgeinfer.bench.seed": str(seed),
-    })
+    props = {"edgeinfer.bench.arch": arch, "edgeinfer.bench.seed": str(seed)}
+    if size is not None:
+        props["edgeinfer.preprocess"] = json.dumps(preprocess_metadata(size))
+    helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     return model
 
@@ -270,7 +364,7 @@ def param_count(model: onnx.ModelProto) -> int:
 
 
 def check(model: onnx.ModelProto, batch: int = 4, seed: int = 1) -> float:
-    """Run ``model`` in ONNX Runtime on random normal inputs; return the logits' std.
+    """Run ``model`` in ONNX Runtime on random normal inputs; return the output's std.
 
     Raises ``RuntimeError`` if the output shape is wrong or its std is not
     finite and within 0.1..100 (exploding or vanishing activations).
@@ -280,19 +374,21 @@ def check(model: onnx.ModelProto, batch: int = 4, seed: int = 1) -> float:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     shape = [batch] + list(session.get_inputs()[0].shape[1:])
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    (logits,) = session.run(["logits"], {"input": x})
-    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    if logits.shape != (batch, classes):
-        raise RuntimeError(f"logits shape {logits.shape}, expected {(batch, classes)}")
-    std = float(np.std(logits))
+    output = model.graph.output[0]
+    (y,) = session.run([output.name], {"input": x})
+    expected = (batch,) + tuple(d.dim_value for d in output.type.tensor_type.shape.dim[1:])
+    if y.shape != expected:
+        raise RuntimeError(f"{output.name} shape {y.shape}, expected {expected}")
+    std = float(np.std(y))
     if not (math.isfinite(std) and 0.1 <= std <= 100.0):
-        raise RuntimeError(f"logits std {std} outside 0.1..100")
+        raise RuntimeError(f"{output.name} std {std} outside 0.1..100")
     return std
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=["resnet50", "mobilenetv2"])
+    parser.add_argument("--arch", nargs="+", choices=sorted(ALL_ARCHS),
+                        default=["resnet50", "mobilenetv2"])
     parser.add_argument("--out", default=os.path.join("build", "models"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime smoke run")
@@ -306,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         line = (f"{path}  {os.path.getsize(path) / 2**20:.1f} MiB  "
                 f"{param_count(model):,} params")
         if not args.no_check:
-            line += f"  logits std {check(model):.3g}"
+            line += f"  {model.graph.output[0].name} std {check(model):.3g}"
         print(line)
     return 0
 

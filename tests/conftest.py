@@ -55,6 +55,15 @@ TinyModel = namedtuple("TinyModel", "path data W b")
 BadBundle = namedtuple("BadBundle", "path fragments")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Keep every test's backend caches (OpenVINO's model cache) out of the user's home."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("EDGEINFER_CACHE_DIR", str(tmp_path_factory.mktemp("edgeinfer-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     """The repository root (holds models/ and calibration/)."""

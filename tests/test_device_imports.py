@@ -22,7 +22,8 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(edgeinfer.__file__))
 
 DEVICE_MODULES = [
     "edgeinfer", "edgeinfer.bundle", "edgeinfer.runtime.session", "edgeinfer.runtime.backends",
-    "edgeinfer.runtime.backends.ort", "edgeinfer.runtime.inputs", "edgeinfer.preprocess",
+    "edgeinfer.runtime.backends.ort", "edgeinfer.runtime.backends.openvino",
+    "edgeinfer.runtime.inputs", "edgeinfer.preprocess",
     "edgeinfer.datasets", "edgeinfer.profiles", "edgeinfer.report", "edgeinfer.doctor",
     "edgeinfer.cli", "edgeinfer.errors", "edgeinfer.tensors", "edgeinfer.memory",
     "edgeinfer.lazy",
@@ -35,7 +36,7 @@ HEAVY = ["onnx", "onnxruntime", "openvino", "tensorrt", "torch", "nncf", "onnxco
 # Adding a lazy dependency is a decision: update this set and setup.py's extras together.
 EXPECTED_LAZY_DEPS = {
     "onnx": "convert", "onnxruntime": "ort", "onnxconverter_common": "convert",
-    "openvino": "openvino", "nncf": "openvino", "tensorrt": "tensorrt", "torch": "qat",
+    "openvino": "openvino", "nncf": "convert", "tensorrt": "tensorrt", "torch": "qat",
     "redis": "redis", "xxhash": "cache", "matplotlib": "report", "psutil": "bench",
 }
 

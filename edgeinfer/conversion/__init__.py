@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 import tempfile
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -28,7 +28,17 @@ from .source import load_source
 log = logging.getLogger("edgeinfer.conversion")
 
 PRECISIONS = ("int8", "fp16", "fp32")
-METHODS = ("auto", "static", "dynamic", "none")
+METHODS = ("auto", "static", "dynamic", "weights-only", "none")
+# NNCF's knobs (OpenVINO target, issue 3); None / () means "NNCF's default".
+PRESETS = ("performance", "mixed")
+MODEL_TYPES = ("transformer",)
+
+# Settings only some recipes take (each recipe lists its own in ``knobs``), as users type them.
+KNOB_FLAGS = {"preset": "--preset", "model_type": "--model-type",
+              "fast_bias_correction": "--fast-bias-correction/--no-fast-bias-correction",
+              "subset_size": "--subset-size", "ignored_names": "--ignore-node",
+              "ignored_types": "--ignore-op-type"}
+RECIPE_KNOBS = tuple(KNOB_FLAGS)
 
 # Time spent on the FP32-vs-converted latency check (more rounds for fast models).
 SPEED_CHECK_SECONDS = 1.0
@@ -49,6 +59,12 @@ class Settings(NamedTuple):
     eval_size: Optional[int] = None
     batch_size: int = 8
     measure_speed: bool = True
+    preset: Optional[str] = None
+    model_type: Optional[str] = None
+    fast_bias_correction: Optional[bool] = None
+    subset_size: Optional[int] = None
+    ignored_names: Tuple[str, ...] = ()
+    ignored_types: Tuple[str, ...] = ()
 
 
 def check_settings(settings):
@@ -63,12 +79,54 @@ def check_settings(settings):
     if settings.method not in METHODS:
         raise UsageError("Unknown method {!r}.".format(settings.method),
                          "Use one of: {}.".format(", ".join(METHODS)))
-    if settings.precision != "int8" and settings.method in ("static", "dynamic"):
+    if settings.precision != "int8" and settings.method in ("static", "dynamic", "weights-only"):
         raise UsageError("--method {} applies to INT8, not {}.".format(
             settings.method, settings.precision), "Drop --method, or use --precision int8.")
     for key in ("calibration_size", "batch_size"):
         if getattr(settings, key) < 1:
             raise UsageError("{} must be at least 1.".format(key.replace("_", "-")))
+    _check_recipe_knobs(settings)
+
+
+def _check_recipe_knobs(settings):
+    """Check the knobs only some targets' recipes take (NNCF's), and that this target's does.
+
+    A recipe lists the Settings fields it reads beyond the common ones in ``knobs`` and
+    its INT8 methods in ``methods``; a knob or method given for a target whose recipe
+    does not list it is refused, naming the targets that take it.
+    """
+    if settings.preset is not None and settings.preset not in PRESETS:
+        raise UsageError("Unknown preset {!r}.".format(settings.preset),
+                         "Use one of: {}.".format(", ".join(PRESETS)))
+    if settings.model_type is not None and settings.model_type not in MODEL_TYPES:
+        raise UsageError("Unknown model type {!r}.".format(settings.model_type),
+                         "Use one of: {}.".format(", ".join(MODEL_TYPES)))
+    if settings.subset_size is not None and settings.subset_size < 1:
+        raise UsageError("subset-size must be at least 1.")
+    for key in ("ignored_names", "ignored_types"):
+        value = getattr(settings, key)
+        names = (value,) if isinstance(value, str) else value
+        if not all(isinstance(n, str) and n for n in names or ()):
+            raise UsageError("{} must be a list of non-empty names, not {!r}.".format(key, value))
+    given = [k for k in RECIPE_KNOBS if getattr(settings, k) not in (None, (), [])]
+    if not given and settings.method != "weights-only":
+        return
+    from ..profiles import PROFILES
+    from .recipe import RECIPES
+    profile = resolve_target(settings.target)
+    takes = dict((backend, get_recipe(backend)) for backend in RECIPES)
+    recipe = takes.get(profile.backend)
+    wanted = [(KNOB_FLAGS[k], "knobs", k) for k in given]
+    if settings.method == "weights-only":
+        wanted.append(("--method weights-only", "methods", "weights-only"))
+    for flag, attribute, name in wanted:
+        if recipe is not None and name in getattr(recipe, attribute, ()):
+            continue
+        targets = sorted(p.name for p in PROFILES.values() if p.backend in takes and
+                         name in getattr(takes[p.backend], attribute, ()))
+        raise UsageError("{} applies to target {}, not {} ({}).".format(
+            flag, " or ".join(targets), profile.name, profile.backend),
+            "Use --target {}, or drop {}.".format(targets[0], flag))
 
 
 def default_output(source_name, profile, precision):
@@ -148,7 +206,8 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
         target: ``cpu`` (this machine's CPU) or a device profile (default ``cpu``).
         precision: ``int8``, ``fp16`` or ``fp32`` (default ``int8``).
         method: INT8 method: ``auto`` (static for conv nets, dynamic for MatMul-heavy
-            graphs), ``static`` or ``dynamic`` (default ``auto``).
+            graphs with ONNX Runtime, weight-only with OpenVINO), ``static``, ``dynamic``
+            (ONNX Runtime) or ``weights-only`` (OpenVINO) (default ``auto``).
         calibration: calibration data: an image folder (optional labels file), an
             ``.npz`` or a folder of ``.npy``/``.npz`` samples (default None).
         eval: evaluation data in the same forms; with labels, top-1 is measured
@@ -162,7 +221,11 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
         **options: :class:`Settings` fields: ``calibrate_method`` (minmax | entropy |
             percentile), ``int8_variant`` (auto | s8s8 | u8s8 | u8s8-rr | u8u8),
             ``per_channel``, ``calibration_size``, ``eval_size``, ``batch_size``,
-            ``measure_speed``.
+            ``measure_speed``; for the OpenVINO target, NNCF's knobs (each default
+            None / empty: NNCF's default): ``preset`` (performance | mixed),
+            ``model_type`` (transformer), ``fast_bias_correction`` (bool),
+            ``subset_size``, ``ignored_names`` (ONNX node names kept FP32) and
+            ``ignored_types`` (ONNX or OpenVINO op types kept FP32).
 
     Returns:
         the written :class:`~edgeinfer.bundle.Bundle`.
@@ -287,8 +350,16 @@ def _validate(job, runner, eval_data, eval_idx, notes, recipe):
     if settings.measure_speed and job.features is not None:
         feeds = next(iter(batches()))[0]
         one = dict((k, v[:1]) for k, v in feeds.items())
-        speed = validate.measure_speed({"fp32": reference, "converted": candidate}, one,
-                                       budget_s=SPEED_CHECK_SECONDS)
+        # INT8-vs-FP32 says what quantization buys only on one backend: a recipe whose
+        # backend is not ONNX Runtime supplies its own FP32 runner for this check.
+        own_fp32 = recipe.speed_reference(job) if hasattr(recipe, "speed_reference") else None
+        try:
+            speed = validate.measure_speed(
+                {"fp32": own_fp32.run if own_fp32 else reference, "converted": candidate}, one,
+                budget_s=SPEED_CHECK_SECONDS)
+        finally:
+            if own_fp32 is not None:
+                own_fp32.close()
         ratio = speed["converted"] / speed["fp32"]
         validation["speed"] = {"batch": 1, "fp32_ms": round(speed["fp32"], 4),
                                "converted_ms": round(speed["converted"], 4),

@@ -89,6 +89,34 @@ def op_counts(model):
     return counts
 
 
+def op_balance(model, has_calibration, without_calibration):
+    """Count Conv-like and MatMul-like ops; a conv net must come with calibration data.
+
+    Args:
+        model: the source ``onnx.ModelProto``.
+        has_calibration: whether calibration data was given.
+        without_calibration: the hint's last sentence: why the recipe's calibration-free
+            INT8 method is no answer for a conv net.
+
+    Returns:
+        (convs, linears, conv_heavy)
+
+    Raises:
+        UsageError: a conv-heavy model without calibration data.
+    """
+    counts = op_counts(model)
+    convs = sum(counts.get(op, 0) for op in CONV_OPS)
+    linears = sum(counts.get(op, 0) for op in LINEAR_OPS)
+    conv_heavy = bool(convs) and convs >= linears
+    if conv_heavy and not has_calibration:
+        raise UsageError(
+            "INT8 for this conv net ({} Conv, {} MatMul/Gemm) needs calibration data.".format(
+                convs, linears),
+            "Pass --calibration DIR (images, .npz or .npy files), or use --precision fp16 "
+            "or fp32. " + without_calibration)
+    return convs, linears, conv_heavy
+
+
 def auto_method(model, has_calibration):
     """Pick ``static`` or ``dynamic`` INT8 for ``--method auto``, with the reason.
 
@@ -98,16 +126,9 @@ def auto_method(model, has_calibration):
     Raises:
         UsageError: a conv-heavy model without calibration data.
     """
-    counts = op_counts(model)
-    convs = sum(counts.get(op, 0) for op in CONV_OPS)
-    linears = sum(counts.get(op, 0) for op in LINEAR_OPS)
-    if convs and convs >= linears:
-        if not has_calibration:
-            raise UsageError(
-                "INT8 for this conv net ({} Conv, {} MatMul/Gemm) needs calibration data.".format(
-                    convs, linears),
-                "Pass --calibration DIR (images, .npz or .npy files), or use --precision fp16 "
-                "or fp32. Dynamic INT8 is not offered: it runs conv nets slower than FP32.")
+    convs, linears, conv_heavy = op_balance(
+        model, has_calibration, "Dynamic INT8 is not offered: it runs conv nets slower than FP32.")
+    if conv_heavy:
         return "static", "conv-heavy graph ({} Conv vs {} MatMul/Gemm): static INT8".format(
             convs, linears)
     return "dynamic", ("MatMul-heavy graph ({} MatMul/Gemm vs {} Conv): dynamic INT8 quantizes "

@@ -18,6 +18,7 @@ log = logging.getLogger("edgeinfer.conversion")
 
 RECIPES = {
     "onnxruntime": "edgeinfer.conversion.ort:OrtRecipe",
+    "openvino": "edgeinfer.conversion.openvino:OpenVinoRecipe",
 }
 
 

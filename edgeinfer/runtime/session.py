@@ -203,13 +203,18 @@ class Session(object):
             self.manifest["target"]["backend"])
 
 
-def load(path, backend_options=None, verify=True):
+def load(path, device=None, backend_options=None, verify=True):
     """Open a bundle and prepare it for inference.
 
     Args:
         path: the ``.eib`` file.
+        device: where to run it (default None: the backend's default, the CPU).  A
+            shortcut for ``backend_options={"device": device}``: ``"CPU"``, ``"GPU"``,
+            ``"NPU"``, ``"AUTO"`` or ``"HETERO:GPU,CPU"`` for OpenVINO; ``"cpu"`` or
+            ``"cuda"`` for ONNX Runtime.
         backend_options: options for the backend (default None: its defaults), e.g.
-            ``{"intra_op_threads": 2}`` for ONNX Runtime.  Unknown keys are refused.
+            ``{"intra_op_threads": 2}`` for ONNX Runtime or ``{"performance_hint":
+            "THROUGHPUT"}`` for OpenVINO.  Unknown keys are refused.
         verify: check every file's sha256 (default True).
 
     Returns:
@@ -217,9 +222,12 @@ def load(path, backend_options=None, verify=True):
 
     Raises:
         BundleError: the bundle is missing, corrupt, tampered or of a newer format.
-        BackendError: its backend is unknown, not installed here, too old, or refuses
-            the model.
+        BackendError: its backend is unknown, not installed here, too old, lacks the
+            device, or refuses the model.
+        UsageError: an unknown backend option, or ``device`` disagreeing with
+            ``backend_options["device"]``.
     """
+    backend_options = _with_device(device, backend_options)
     bundle = Bundle.open(path, verify=verify)
     try:
         backend = get_backend(bundle.backend)
@@ -244,3 +252,19 @@ def _check_runner_matches(bundle, runner):
             raise BundleError("Bundle {!r}: its model's {}s {} differ from the manifest's {}.".format(
                 bundle.path, kind, [s.name for s in actual], [s.name for s in declared]),
                 "Rebuild it with `edgeinfer convert`.")
+
+
+def _with_device(device, backend_options):
+    """Merge the ``device`` shortcut into the backend options."""
+    if device is None:
+        return backend_options
+    if not isinstance(device, str):
+        raise UsageError("device must be a device name such as \"CPU\", not {}.".format(
+            type(device).__name__), "Backend options go in backend_options={...}.")
+    options = dict(backend_options or {})
+    given = options.get("device")
+    if given is not None and str(given).upper() != device.upper():
+        raise UsageError("device={!r} disagrees with backend_options['device']={!r}.".format(
+            device, given), "Give the device once.")
+    options["device"] = device
+    return options

@@ -18,6 +18,7 @@ from ...errors import BackendError, UsageError
 
 REGISTRY = {
     "onnxruntime": "edgeinfer.runtime.backends.ort:OrtBackend",
+    "openvino": "edgeinfer.runtime.backends.openvino:OpenVinoBackend",
 }
 
 

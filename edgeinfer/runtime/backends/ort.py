@@ -6,11 +6,16 @@ from ...tensors import ORT_TO_NUMPY, TensorSpec
 
 # Options this backend accepts, with their defaults.
 DEFAULT_OPTIONS = {
+    "device": None,               # None | "cpu" | "cuda": a shortcut for providers
     "providers": None,            # None: CPUExecutionProvider
     "intra_op_threads": 0,        # 0: ONNX Runtime picks (one per physical core)
     "inter_op_threads": 0,
     "graph_optimization": "all",  # none | basic | extended | all
 }
+
+# Device names edgeinfer.load(device=...) takes for ONNX Runtime, and their providers.
+DEVICES = {"cpu": ["CPUExecutionProvider"],
+           "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 _LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
            "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -25,10 +30,31 @@ def check_options(options):
                          "Valid options: {}.".format(", ".join(sorted(DEFAULT_OPTIONS))))
     merged = dict(DEFAULT_OPTIONS)
     merged.update(options)
+    if merged["device"] is not None and merged["providers"] is not None:
+        raise UsageError("Give the onnxruntime device or its providers, not both.",
+                         "device={!r} picks providers {}.".format(
+                             merged["device"], DEVICES.get(str(merged["device"]).lower())))
     if merged["graph_optimization"] not in _LEVELS:
         raise UsageError("Unknown graph_optimization {!r}.".format(merged["graph_optimization"]),
                          "Use one of: {}.".format(", ".join(_LEVELS)))
     return merged
+
+
+def providers_for(device):
+    """Execution providers for a device name (None or "cpu": the CPU).
+
+    Raises:
+        BackendError: a device ONNX Runtime cannot use, naming its providers here.
+    """
+    if device is None:
+        return DEVICES["cpu"]
+    providers = DEVICES.get(str(device).lower())
+    if providers is None:
+        available = require("onnxruntime").get_available_providers()
+        raise BackendError("ONNX Runtime has no device {!r}.".format(device),
+                           "It takes {}; its providers here: {}.".format(
+                               " or ".join(sorted(DEVICES)), ", ".join(available)))
+    return providers
 
 
 def session_options(options):
@@ -76,7 +102,7 @@ class OrtBackend(object):
         """
         options = check_options(options)
         ort = require("onnxruntime", "running ONNX bundles")
-        providers = options["providers"] or ["CPUExecutionProvider"]
+        providers = options["providers"] or providers_for(options["device"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
             raise BackendError("ONNX Runtime here lacks execution provider(s) {}.".format(
