@@ -86,9 +86,9 @@ def describe_bundle(bundle, brief=False):
         lines.extend("    " + line for line in validation_table(validation).splitlines())
         speed = validation.get("speed")
         if speed:
-            lines.append("  latency (batch 1, this machine): {:.3f} ms vs FP32 {:.3f} ms "
-                         "= {:.2f}x".format(speed["converted_ms"], speed["fp32_ms"],
-                                            speed["ratio"]))
+            lines.append("  latency (batch {}, this machine): {:.3f} ms vs FP32 {:.3f} ms "
+                         "= {:.2f}x".format(speed.get("batch", 1), speed["converted_ms"],
+                                            speed["fp32_ms"], speed["ratio"]))
     for note in m.get("notes") or ():
         lines.append("  note: {}".format(note))
     return "\n".join(lines)

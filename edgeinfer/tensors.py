@@ -91,3 +91,14 @@ def find_spec(specs, name):
         if spec.name == name:
             return spec
     return None
+
+
+def fixed_batch(specs):
+    """The fixed first (batch) dim shared by the inputs, or None when it is symbolic.
+
+    A model exported with a fixed batch takes exactly that many samples per run.
+    """
+    for spec in specs:
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            return spec.shape[0]
+    return None

@@ -216,3 +216,21 @@ def test_old_opset_is_upgraded_for_int8(tmp_path):
                                output=str(tmp_path / "old.eib"), measure_speed=False)
     assert bundle.manifest["source"]["opset"] == 11
     assert _metrics(bundle, "y")["cosine_mean"] > 0.99
+
+
+@pytest.mark.parametrize("precision,method", [("int8", "static"), ("int8", "dynamic"),
+                                              ("fp16", "auto")])
+def test_fixed_batch_model_validates_in_whole_batches(tmp_path, precision, method):
+    # A model exported with batch 4: calibration and validation must never send it a
+    # short last batch (21 samples = 5 batches of 4 and 1 left over).
+    model = models.mlp()
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    path = models.save(model, tmp_path / "fixed.onnx")
+    data = tmp_path / "x.npz"
+    np.savez(str(data), x=np.random.RandomState(3).standard_normal((21, 16)).astype(np.float32))
+    bundle = edgeinfer.convert(path, precision=precision, method=method, calibration=str(data),
+                               eval=str(data), output=str(tmp_path / "f.eib"))
+    assert bundle.manifest["validation"]["outputs"]["y"]["samples"] == 20
+    assert bundle.manifest["validation"]["speed"]["batch"] == 4
+    assert bundle.manifest["validation"]["outputs"]["y"]["cosine_mean"] > 0.99

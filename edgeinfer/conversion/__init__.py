@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..lazy import require
 from ..profiles import cpu_features, machine_arch, resolve_target
 from ..runtime.backends import LocalFiles, get_backend
+from ..tensors import fixed_batch
 from . import validate
 from .recipe import Job, get_recipe
 from .source import load_source
@@ -144,21 +145,19 @@ def _check_output(output, overwrite):
 
 def _batch_size(inputs, wanted):
     # A fixed first dim is the only batch the model takes.
-    first = [s.shape[0] for s in inputs if s.shape]
-    fixed = [d for d in first if isinstance(d, int) and d > 0]
-    return fixed[0] if fixed else wanted
+    return fixed_batch(inputs) or wanted
 
 
-def iter_batches(dataset, indices, batch_size):
+def iter_batches(dataset, indices, batch_size, drop_last=False):
     """Yield (feeds, labels) over ``indices`` of a dataset, one batch in memory at a time."""
-    return dataset.batches(batch_size, indices=indices)
+    return dataset.batches(batch_size, indices=indices, drop_last=drop_last)
 
 
 def synthetic_batches(inputs, count, batch_size, seed=0):
-    """Seeded random inputs for validation when no data was given."""
+    """Seeded random inputs for validation when no data was given (whole batches)."""
     rng = np.random.RandomState(seed)
     for start in range(0, count, batch_size):
-        n = min(batch_size, count - start)
+        n = batch_size if fixed_batch(inputs) else min(batch_size, count - start)
         feeds = {}
         for spec in inputs:
             shape = spec.concrete_shape(batch=n)
@@ -336,7 +335,8 @@ def _validate(job, runner, eval_data, eval_idx, notes, recipe):
     candidate = runner.run
     if eval_idx:
         data = eval_data if eval_data is not None else job.calibration
-        batches = lambda: iter_batches(data, eval_idx, job.batch)
+        batches = lambda: iter_batches(data, eval_idx, job.batch,
+                                      drop_last=fixed_batch(job.source.inputs) is not None)
         kind = "eval set" if eval_data is not None else "held-out calibration samples"
         where = data.describe()
         count = len(eval_idx)
@@ -349,7 +349,8 @@ def _validate(job, runner, eval_data, eval_idx, notes, recipe):
     settings = job.settings
     if settings.measure_speed and job.features is not None:
         feeds = next(iter(batches()))[0]
-        one = dict((k, v[:1]) for k, v in feeds.items())
+        one = feeds if fixed_batch(job.source.inputs) else dict(
+            (k, v[:1]) for k, v in feeds.items())
         # INT8-vs-FP32 says what quantization buys only on one backend: a recipe whose
         # backend is not ONNX Runtime supplies its own FP32 runner for this check.
         own_fp32 = recipe.speed_reference(job) if hasattr(recipe, "speed_reference") else None
@@ -361,12 +362,13 @@ def _validate(job, runner, eval_data, eval_idx, notes, recipe):
             if own_fp32 is not None:
                 own_fp32.close()
         ratio = speed["converted"] / speed["fp32"]
-        validation["speed"] = {"batch": 1, "fp32_ms": round(speed["fp32"], 4),
+        validation["speed"] = {"batch": len(next(iter(one.values()))), "fp32_ms": round(speed["fp32"], 4),
                                "converted_ms": round(speed["converted"], 4),
                                "ratio": round(ratio, 3), "machine": job.features.get("model")}
         # Within 5% is noise on a shared machine: "no faster" is what users need to hear.
         if ratio > NO_GAIN_RATIO and settings.precision == "int8":
             notes.append("On this CPU the INT8 model is no faster than FP32 with {} ({:.2f}x "
-                         "the FP32 latency at batch 1). {}".format(
-                             recipe.backend, ratio, recipe.slow_int8_hint))
+                         "the FP32 latency at batch {}). {}".format(
+                             recipe.backend, ratio, validation["speed"]["batch"],
+                             recipe.slow_int8_hint))
     return validation

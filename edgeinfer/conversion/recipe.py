@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 
 from ..errors import ConversionError, EdgeInferError, UsageError
 from ..memory import peak_rss_mb, reset_peak
+from ..tensors import fixed_batch
 
 log = logging.getLogger("edgeinfer.conversion")
 
@@ -63,7 +64,10 @@ class Job(NamedTuple):
 
     def calibration_batches(self):
         """Calibration feeds, one batch in memory at a time."""
-        for feeds, _ in self.calibration.batches(self.batch, indices=self.calibration_indices):
+        # A model with a fixed batch cannot run a short last batch.
+        drop_last = fixed_batch(self.source.inputs) is not None
+        for feeds, _ in self.calibration.batches(self.batch, indices=self.calibration_indices,
+                                                 drop_last=drop_last):
             yield feeds
 
 
