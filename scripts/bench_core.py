@@ -41,6 +41,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import edgeinfer  # noqa: E402
+from edgeinfer.conversion.validate import time_interleaved  # noqa: E402
 from build_bench_models import build  # noqa: E402
 
 DEMO = os.path.join(ROOT, "models", "digits_cnn.onnx")
@@ -81,17 +82,10 @@ def interleaved(runs, feeds, rounds, warmup=5, pause=0.0):
     Runtime pool threads go idle, so they do not steal a core from the next one.
     Callables sharing one underlying session need no pause between them.
     """
-    samples = dict((label, []) for label in runs)
     for _ in range(warmup):
         for run in runs.values():
             run(feeds)
-    for _ in range(rounds):
-        for label, run in runs.items():
-            if pause:
-                time.sleep(pause)
-            start = time.perf_counter()
-            run(feeds)
-            samples[label].append(time.perf_counter() - start)
+    samples = time_interleaved(runs, feeds, rounds, pause)
     return dict((label, float(np.median(v))) for label, v in samples.items()), samples
 
 

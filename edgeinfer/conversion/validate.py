@@ -68,6 +68,22 @@ def measure_speed(runs, feeds, budget_s=1.0, min_rounds=20, max_rounds=2000, war
     pause = SPIN_PAUSE_S if per_round / len(runs) > 1e-3 else 0.0
     rounds = int(min(max_rounds, max(min_rounds,
                                      budget_s / max(per_round + pause * len(runs), 1e-9))))
+    times = time_interleaved(runs, feeds, rounds, pause)
+    return dict((label, 1000.0 * float(np.median(t))) for label, t in times.items())
+
+
+def time_interleaved(runs, feeds, rounds, pause=0.0):
+    """Seconds of each call, timed round-robin (A B C A B C ...) after an optional pause.
+
+    Args:
+        runs: dict label -> callable(feeds).
+        feeds: one batch of inputs.
+        rounds: calls per callable.
+        pause: seconds to sleep before each call (default 0), see :data:`SPIN_PAUSE_S`.
+
+    Returns:
+        dict label -> list of seconds, one per round.
+    """
     times = dict((label, []) for label in runs)
     for _ in range(rounds):
         for label, run in runs.items():
@@ -76,4 +92,4 @@ def measure_speed(runs, feeds, budget_s=1.0, min_rounds=20, max_rounds=2000, war
             begin = time.perf_counter()
             run(feeds)
             times[label].append(time.perf_counter() - begin)
-    return dict((label, 1000.0 * float(np.median(t))) for label, t in times.items())
+    return times
