@@ -28,10 +28,12 @@ EXTRAS = {
     "openvino": ["openvino>=2024.0"],
     # workstation side
     "convert": CONVERT,
+    # PNG plots (compare --per-layer --plot; bench plots)
+    "report": ["matplotlib>=3.3"],
     # development: tests, version checks, and the demo model's training script.
     # torch is pinned exactly: any other requirement pulls a multi-GB CUDA build here.
     "dev": CONVERT + ["openvino>=2024.0", "pytest>=7", "vermin>=1.6", "scikit-learn>=1.0",
-                      "torch==2.13.0"],
+                      "matplotlib>=3.3", "torch==2.13.0"],
 }
 
 setup(

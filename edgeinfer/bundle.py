@@ -33,7 +33,7 @@ _CHUNK = 1024 * 1024
 REQUIRED_KEYS = ("format", "format_version", "name", "model", "target", "precision", "method",
                  "inputs", "outputs", "files", "versions")
 OPTIONAL_KEYS = ("created", "source", "quantization", "preprocess", "classes", "partitions",
-                 "calibration", "validation", "notes")
+                 "calibration", "validation", "notes", "accuracy_control", "engine")
 
 
 def sha256_of(source):

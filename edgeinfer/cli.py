@@ -72,8 +72,9 @@ def _json_option(value, what):
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-t", "--target", default="cpu", show_default=True,
               help="cpu (this machine's CPU) or a device profile: x86-cpu, arm64-cpu, ...")
-@click.option("-p", "--precision", default="int8", show_default=True,
-              type=click.Choice(["int8", "fp16", "fp32"]))
+@click.option("-p", "--precision", type=click.Choice(["int8", "fp16", "fp32"]),
+              help="Default: the target's preferred precision (int8 for CPUs and "
+                   "jetson-orin, fp16 for jetson-nano).")
 @click.option("-m", "--method", default="auto", show_default=True,
               type=click.Choice(["auto", "static", "dynamic", "weights-only"]),
               help="INT8 method: auto = static for conv nets; for MatMul-heavy models dynamic "
@@ -115,10 +116,22 @@ def _json_option(value, what):
 @click.option("--ignore-op-type", "ignored_types", multiple=True, metavar="TYPE",
               help="OpenVINO INT8 (NNCF): keep every op of this type in FP32, e.g. Conv or "
                    "MatMul (repeatable).")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Accuracy budget: at most this many top-1 points lost against FP32 on the "
+                   "labelled --eval data; the most sensitive ops stay FP32 until it holds.")
+@click.option("--min-cosine", type=float,
+              help="Accuracy budget: mean cosine similarity with FP32 at least this "
+                   "(no labels needed), e.g. 0.995.")
+@click.option("--max-abs-error", type=float,
+              help="Accuracy budget: no output value further than this from FP32.")
+@click.option("--budget-output", metavar="NAME",
+              help="The output the budget applies to (default: the classifier output for "
+                   "--max-accuracy-drop, else the worst output).")
 def convert(model, target, precision, method, calibration, eval_data, output, calibrate_method,
             int8_variant, per_channel, calibration_size, eval_size, batch_size, preprocess,
             name, overwrite, no_speed_check, preset, model_type, fast_bias_correction,
-            subset_size, ignored_names, ignored_types):
+            subset_size, ignored_names, ignored_types, max_accuracy_drop, min_cosine,
+            max_abs_error, budget_output):
     """Convert an ONNX MODEL to an .eib bundle for a target, checked against FP32."""
     from .conversion import convert as run_convert
     from .report import describe_bundle
@@ -129,8 +142,43 @@ def convert(model, target, precision, method, calibration, eval_data, output, ca
         int8_variant=int8_variant, per_channel=per_channel, calibration_size=calibration_size,
         eval_size=eval_size, batch_size=batch_size, measure_speed=not no_speed_check,
         preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
-        subset_size=subset_size, ignored_names=ignored_names, ignored_types=ignored_types)
+        subset_size=subset_size, ignored_names=ignored_names, ignored_types=ignored_types,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_abs_error=max_abs_error,
+        budget_output=budget_output)
     click.echo(describe_bundle(bundle, brief=True))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("bundle", type=click.Path())
+@click.option("-e", "--eval", "eval_data", type=click.Path(),
+              help="Evaluation data: image folder, .npz, or folder of .npy/.npz samples "
+                   "(default: 32 random inputs).")
+@click.option("--eval-size", type=int, help="Use at most this many evaluation samples.")
+@click.option("--per-layer", is_flag=True,
+              help="Rank the quantized ops by the error each adds (ONNX Runtime INT8).")
+@click.option("-c", "--calibration", type=click.Path(),
+              help="Calibration data for --per-layer (default: the evaluation data).")
+@click.option("--calibration-size", default=300, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--top", default=20, show_default=True, type=int,
+              help="Layers shown in the per-layer table.")
+@click.option("--plot", type=click.Path(), help="With --per-layer: write a PNG bar chart "
+                                                "(needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def compare(model, bundle, eval_data, eval_size, per_layer, calibration, calibration_size,
+            batch_size, top, plot, as_json):
+    """Compare BUNDLE with the FP32 MODEL it came from; --per-layer ranks the ops."""
+    from .conversion.compare import compare as run_compare, describe
+    result = run_compare(model, bundle, eval=eval_data, calibration=calibration,
+                         per_layer=per_layer, plot=plot, eval_size=eval_size,
+                         calibration_size=calibration_size, batch_size=batch_size)
+    if as_json:
+        data = {"validation": result.validation, "notes": result.notes, "plot": result.plot,
+                "per_layer": result.sensitivity.to_dict() if result.sensitivity else None}
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(describe(result, limit=top))
 
 
 @main.command(context_settings=CONTEXT)

@@ -33,14 +33,84 @@ def table(rows):
     return "\n".join(lines)
 
 
+# describe_search() names this many kept ops; the manifest lists them all.
+SHOWN_OPS = 12
+
+
+def describe_search(data):
+    """A budget search's record (the manifest's ``accuracy_control``) as lines."""
+    lines = ["accuracy budget: {}; achieved {} {:.6g} ({})".format(
+        data["budget"]["text"], data["what"], data["achieved"],
+        "met" if data["met"] else "NOT met")]
+    kept = data["kept"]
+    if kept:
+        shown = ", ".join("{} ({})".format(op["name"], op["op_type"])
+                          for op in kept[:SHOWN_OPS])
+        if len(kept) > SHOWN_OPS:
+            shown += " and {} more ops".format(len(kept) - SHOWN_OPS)
+        lines.append("kept in FP32: {} of {} groups: {}".format(
+            len(data["groups"]), data["candidates"], shown))
+    else:
+        lines.append("kept in FP32: none (all {} groups INT8)".format(data["candidates"]))
+    lines.append("search: {} steps in {:.1f} s: {}".format(
+        len(data["steps"]), data["seconds"], "; ".join(
+            "{} in FP32: {:.6g} ({})".format(s["groups"], s["achieved"],
+                                             "met" if s["ok"] else "missed")
+            for s in data["steps"])))
+    return lines
+
+
+def describe_control(control):
+    """The manifest's ``accuracy_control`` as lines: the search, kept-op latency, final check."""
+    if control.get("candidates") is None:
+        return ["accuracy budget: {}; achieved {} {:.6g} (met; {} INT8 has no per-op "
+                "control)".format(control["budget"]["text"], control["what"],
+                                  control["achieved"], control.get("method"))]
+    lines = describe_search(control)
+    latency = control.get("latency")
+    if latency:
+        costs = "; ".join("{} {:+.3f} ms".format(g["group"], g["cost_ms"])
+                          for g in latency["groups"])
+        lines.append("kept-op latency (batch {}): {:.3f} ms vs all-INT8 {:.3f} ms ({:+.3f} "
+                     "ms){}".format(latency["batch"], latency["chosen_ms"],
+                                    latency["all_int8_ms"], latency["cost_ms"],
+                                    "; per group: " + costs if costs else ""))
+    validated = control.get("validated")
+    if validated:
+        lines.append("shipped model checked on its backend: {} {:.6g} ({})".format(
+            control["what"], validated["achieved"], "met" if validated["met"] else "NOT met"))
+    return lines
+
+
+def describe_engine(engine):
+    """The manifest's ``engine`` record (TensorRT build settings) as one or two lines."""
+    flags = ", ".join(engine.get("flags") or ()) or "none (FP32)"
+    kept = engine.get("fp32_layers") or ()
+    lines = ["engine:     built on the device by TensorRT >= {} (made for {}): flags {}{}{}{}"
+             .format(engine.get("min_tensorrt"), engine.get("target_tensorrt"), flags,
+                     ", explicit Q/DQ" if engine.get("quantization") == "explicit" else "",
+                     "; {} layers pinned FP32".format(len(kept)) if kept else "",
+                     "; workspace {} MiB".format(engine["workspace_mb"])
+                     if engine.get("workspace_mb") else "")]
+    profiles = engine.get("profiles") or ()
+    if profiles:
+        lines.append("shapes:     {} (min / opt / max)".format("; ".join(
+            "{} {} / {} / {}".format(p["input"], p["min"], p["opt"], p["max"])
+            for p in profiles)))
+    return lines
+
+
 def describe_bundle(bundle, brief=False):
     """A bundle's manifest as text: what `edgeinfer inspect` prints."""
     m = bundle.manifest
     target = m["target"]
+    # A TensorRT bundle names no backend version: its engine is built on the device.
+    built = ("built with {} {}".format(target["backend"], target["backend_version"])
+             if target.get("backend_version") else "built on the device")
     lines = ["{}  ({})".format(m["name"], bundle.path),
-             "  target:     {} on {} (built with {} {}, needs >= {})".format(
-                 target.get("profile"), target["backend"], target["backend"],
-                 target.get("backend_version"), target.get("min_backend_version")),
+             "  target:     {} on {} ({}, needs >= {})".format(
+                 target.get("profile"), target["backend"], built,
+                 target.get("min_backend_version")),
              "  precision:  {} ({})".format(m["precision"], m["method"])]
     quant = m.get("quantization") or {}
     if quant.get("variant"):
@@ -50,6 +120,9 @@ def describe_bundle(bundle, brief=False):
             quant.get("variant_reason", "")))
     if quant.get("method_reason"):
         lines.append("  method:     {}".format(quant["method_reason"]))
+    changes = (quant.get("graph_preparation") or {}).get("changes") or ()
+    if changes:
+        lines.append("  prepared:   {}".format("; ".join(changes)))
     if not brief:
         for kind in ("inputs", "outputs"):
             for spec in specs_from_dicts(m[kind]):
@@ -89,6 +162,12 @@ def describe_bundle(bundle, brief=False):
             lines.append("  latency (batch {}, this machine): {:.3f} ms vs FP32 {:.3f} ms "
                          "= {:.2f}x".format(speed.get("batch", 1), speed["converted_ms"],
                                             speed["fp32_ms"], speed["ratio"]))
+    control = m.get("accuracy_control")
+    if control:
+        lines.extend("  " + line for line in describe_control(control))
+    engine = m.get("engine")
+    if engine:
+        lines.extend("  " + line for line in describe_engine(engine))
     for note in m.get("notes") or ():
         lines.append("  note: {}".format(note))
     return "\n".join(lines)

@@ -189,7 +189,7 @@ def random_shift(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(pixels: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> DigitsCNN:
-    """Train the CNN.
+    """Train the CNN (the loop the other digits models share: digits_training.train).
 
     Args:
         pixels: uint8 training images [N, 8, 8].
@@ -200,41 +200,11 @@ def train(pixels: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> Dig
     Returns:
         The trained model in eval mode.
     """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = DigitsCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = (len(labels) + BATCH_SIZE - 1) // BATCH_SIZE
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=LEARNING_RATE, total_steps=epochs * steps_per_epoch
-    )
-    x_pix = torch.from_numpy(pixels.astype(np.float32))[:, None]
-    y = torch.from_numpy(labels)
-    mean = torch.tensor(MEAN, dtype=torch.float32)
-    std = torch.tensor(STD, dtype=torch.float32)
-    scale = torch.tensor(SCALE, dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss()
-
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        total = 0.0
-        for start in range(0, len(y), BATCH_SIZE):
-            idx = perm[start : start + BATCH_SIZE]
-            xb = random_shift(x_pix[idx], gen)
-            # Same float32 arithmetic as normalize(), so training and
-            # inference see identical inputs for unshifted images.
-            xb = (xb * scale - mean) / std
-            loss = loss_fn(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if (epoch + 1) % 5 == 0 or epoch == 0:
-            print(f"  epoch {epoch + 1:3d}/{epochs}  loss {total / len(y):.4f}")
-    model.eval()
-    return model
+    from digits_training import train as train_digits  # it imports this module's helpers
+    return train_digits(lambda gen: DigitsCNN(),
+                        lambda model: [{"params": list(model.parameters()),
+                                        "weight_decay": WEIGHT_DECAY}],
+                        pixels, labels, epochs, seed, LEARNING_RATE)
 
 
 def export_onnx(model: DigitsCNN) -> onnx.ModelProto:

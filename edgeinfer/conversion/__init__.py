@@ -11,13 +11,13 @@ import os
 import platform
 import shutil
 import tempfile
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .. import __version__
 from ..bundle import Bundle
-from ..errors import UsageError
+from ..errors import ConversionError, UsageError
 from ..lazy import require
 from ..profiles import cpu_features, machine_arch, resolve_target
 from ..runtime.backends import LocalFiles, get_backend
@@ -45,6 +45,8 @@ RECIPE_KNOBS = tuple(KNOB_FLAGS)
 SPEED_CHECK_SECONDS = 1.0
 # A converted model slower than this fraction of FP32 latency earns a note.
 NO_GAIN_RATIO = 0.95
+# With an accuracy budget, INT8 slower than this fraction of FP32 latency is refused.
+SLOWER_RATIO = 1.10
 
 
 class Settings(NamedTuple):
@@ -66,6 +68,27 @@ class Settings(NamedTuple):
     subset_size: Optional[int] = None
     ignored_names: Tuple[str, ...] = ()
     ignored_types: Tuple[str, ...] = ()
+    # Accuracy control (issue 4): at most one limit; see metrics.Budget.
+    max_accuracy_drop: Optional[float] = None
+    min_cosine: Optional[float] = None
+    max_abs_error: Optional[float] = None
+    metric: Optional[Callable] = None
+    min_metric: Optional[float] = None
+    budget_output: Optional[str] = None
+
+    def budget(self):
+        """The :class:`~edgeinfer.conversion.metrics.Budget` asked for, or None.
+
+        Raises:
+            UsageError: several limits, or a limit out of its range.
+        """
+        limits = (self.max_accuracy_drop, self.min_cosine, self.max_abs_error, self.metric)
+        if all(v is None for v in limits) and self.min_metric is None:
+            return None
+        from .metrics import Budget
+        return Budget(max_accuracy_drop=self.max_accuracy_drop, min_cosine=self.min_cosine,
+                      max_abs_error=self.max_abs_error, metric=self.metric,
+                      min_value=self.min_metric, output=self.budget_output)
 
 
 def check_settings(settings):
@@ -87,6 +110,14 @@ def check_settings(settings):
         if getattr(settings, key) < 1:
             raise UsageError("{} must be at least 1.".format(key.replace("_", "-")))
     _check_recipe_knobs(settings)
+    budget = settings.budget()
+    if budget is not None and settings.precision != "int8":
+        raise UsageError("An accuracy budget applies to INT8, not {}.".format(settings.precision),
+                         "Drop the budget, or use --precision int8.")
+    if budget is None and settings.budget_output is not None:
+        raise UsageError("budget-output names the output a budget applies to, but no budget "
+                         "was given.", "Add --max-accuracy-drop, --min-cosine or "
+                         "--max-abs-error, or drop --budget-output.")
 
 
 def _check_recipe_knobs(settings):
@@ -184,6 +215,18 @@ def _ort_runner(path):
     return lambda feeds: dict(zip(names, session.run(names, feeds)))
 
 
+def _lazy(make, *args):
+    """``make(*args)``'s runner, made on the first call: a source that ONNX Runtime
+    cannot load must fail in the recipe that names the reason, not here."""
+    made = []
+
+    def run(feeds):
+        if not made:
+            made.append(make(*args))
+        return made[0](feeds)
+    return run
+
+
 def _versions():
     versions = {"edgeinfer": __version__, "python": platform.python_version(),
                 "numpy": np.__version__}
@@ -195,7 +238,7 @@ def _versions():
     return versions
 
 
-def convert(model, target="cpu", precision="int8", method="auto", calibration=None,
+def convert(model, target="cpu", precision=None, method="auto", calibration=None,
             eval=None, output=None, preprocess=None, name=None, overwrite=False, workdir=None,
             **options):
     """Convert an ONNX model for a target and write a ``.eib`` bundle.
@@ -203,7 +246,8 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
     Args:
         model: path of the ONNX model.
         target: ``cpu`` (this machine's CPU) or a device profile (default ``cpu``).
-        precision: ``int8``, ``fp16`` or ``fp32`` (default ``int8``).
+        precision: ``int8``, ``fp16`` or ``fp32`` (default None: the target profile's
+            preferred one, e.g. ``int8`` for CPUs, ``fp16`` for jetson-nano).
         method: INT8 method: ``auto`` (static for conv nets, dynamic for MatMul-heavy
             graphs with ONNX Runtime, weight-only with OpenVINO), ``static``, ``dynamic``
             (ONNX Runtime) or ``weights-only`` (OpenVINO) (default ``auto``).
@@ -236,6 +280,8 @@ def convert(model, target="cpu", precision="int8", method="auto", calibration=No
     if unknown:
         raise UsageError("Unknown convert option(s): {}.".format(", ".join(unknown)),
                          "Valid options: {}.".format(", ".join(Settings._fields)))
+    if precision is None:
+        precision = resolve_target(target).precisions[0]
     settings = Settings(target=target, precision=precision, method=method, **options)
     check_settings(settings)
     profile = resolve_target(settings.target)
@@ -289,8 +335,32 @@ def _split(calibration, eval_data, settings):
     return calib_idx, eval_idx
 
 
+def _evaluation(source, settings, calibration, eval_data, eval_idx):
+    """The evaluation set as (batches callable, kind, where, count, dataset or None)."""
+    if eval_idx:
+        data = eval_data if eval_data is not None else calibration
+        drop_last = fixed_batch(source.inputs) is not None
+        batch = _batch_size(source.inputs, settings.batch_size)
+        kind = "eval set" if eval_data is not None else "held-out calibration samples"
+        return (lambda: iter_batches(data, eval_idx, batch, drop_last=drop_last), kind,
+                data.describe(), len(eval_idx), data)
+    return (lambda: synthetic_batches(source.inputs, 32, _batch_size(
+        source.inputs, settings.batch_size)), "random inputs (no data given)", None, 32, None)
+
+
+def _check_budget(budget, source, evaluation):
+    """Refuse a budget that cannot be measured on this data, before any work."""
+    batches, kind, _, _, data = evaluation
+    if data is None:
+        raise UsageError("An accuracy budget needs evaluation data.",
+                         "Pass --eval DIR (with labels for --max-accuracy-drop), or "
+                         "--calibration DIR, of which 20% is then held out for evaluation.")
+    budget.check_data(data.labels is not None, [o.name for o in source.outputs])
+
+
 def _convert(recipe, source, profile, settings, calibration_path, eval_path, output,
              preprocess, name, overwrite, workdir):
+    from .metrics import ReferenceOutputs
     calibration = (_open_data(calibration_path, source.inputs, preprocess, "calibration")
                    if calibration_path is not None else None)
     eval_data = (_open_data(eval_path, source.inputs, preprocess, "evaluation")
@@ -298,15 +368,31 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
     features = cpu_features() if profile.arch == machine_arch() else None
     batch = _batch_size(source.inputs, settings.batch_size)
     calib_idx, eval_idx = _split(calibration, eval_data, settings)
-    job = Job(source, profile, settings, features, calibration, calib_idx, batch, workdir)
+    evaluation = _evaluation(source, settings, calibration, eval_data, eval_idx)
+    budget = settings.budget()
+    if budget is not None:
+        _check_budget(budget, source, evaluation)
+    # FP32 runs over the evaluation set once: the budget search and the final
+    # validation both compare against these outputs (issue 4, requirement 5).
+    fp32_run = _lazy(_ort_runner, source.path)
+    reference = ReferenceOutputs(fp32_run, evaluation[0], [o.name for o in source.outputs])
+    job = Job(source, profile, settings, features, calibration, calib_idx, batch, workdir,
+              reference, budget)
     result = recipe.build(job)
     notes = list(result.notes)
-    runner = get_backend(recipe.backend).load(LocalFiles(result.files, result.entry))
+    # A recipe whose backend cannot run here (TensorRT needs an NVIDIA GPU) names the
+    # backend that runs its files on this workstation for validation.
+    checker = getattr(recipe, "validation_backend", None) or recipe.backend
+    runner = get_backend(checker).load(LocalFiles(result.files, result.entry))
     try:
-        validation = _validate(job, runner, eval_data, eval_idx, notes, recipe)
+        validation, results = _validate(job, runner, fp32_run, evaluation, notes, recipe)
         inputs, outputs = runner.inputs, runner.outputs
     finally:
         runner.close()
+    control = result.accuracy_control
+    if control is not None:
+        _final_check(budget, control, results)
+        _refuse_slower(control, validation, recipe, profile)
     manifest = {
         "format": "edgeinfer-bundle", "format_version": 1, "name": name,
         "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
@@ -324,33 +410,64 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
         "classes": source.classes, "partitions": None, "calibration": result.calibration,
         "validation": validation, "versions": _versions(), "notes": notes,
     }
+    if control is not None:
+        manifest["accuracy_control"] = control
+    if result.engine is not None:
+        manifest["engine"] = result.engine
     bundle = Bundle.write(output, manifest, result.files, overwrite=overwrite)
     log.info("wrote %s (%d bytes)", output, os.path.getsize(output))
     return bundle
 
 
-def _validate(job, runner, eval_data, eval_idx, notes, recipe):
-    """Compare the converted model (run by its own backend) with FP32 ONNX Runtime."""
-    reference = _ort_runner(job.source.path)
-    candidate = runner.run
-    if eval_idx:
-        data = eval_data if eval_data is not None else job.calibration
-        batches = lambda: iter_batches(data, eval_idx, job.batch,
-                                      drop_last=fixed_batch(job.source.inputs) is not None)
-        kind = "eval set" if eval_data is not None else "held-out calibration samples"
-        where = data.describe()
-        count = len(eval_idx)
-    else:
-        batches = lambda: synthetic_batches(job.source.inputs, 32, job.batch)
-        kind, where, count = "random inputs (no data given)", None, 32
-    names = [o.name for o in job.source.outputs]
-    results = validate.compare(reference, candidate, batches(), names)
-    validation = {"data": kind, "where": where, "samples": count, "outputs": results}
+def _final_check(budget, control, results):
+    """The shipped model, run by its own backend, must keep the budget the search met."""
+    ok, value = budget.check(results)
+    control["validated"] = {"achieved": value, "met": ok}
+    if not ok:
+        raise ConversionError(
+            "The converted model misses the accuracy budget ({}) when run by its backend: "
+            "{} {:.6g}, though the search measured {:.6g}.".format(
+                budget.describe(), budget.what, value, control["achieved"]),
+            "Please report it with --debug output; a tighter budget may work around it.")
+
+
+def _refuse_slower(control, validation, recipe, profile):
+    """With a budget, never ship an INT8 model measured slower than FP32 (issue 4, req. 7).
+
+    A budget asks for the fastest model that keeps it; FP32 keeps any budget, so an
+    INT8 model slower than FP32 on the backend that will run it is the wrong answer.
+    Without a budget the model is shipped with a note (INT8 may be wanted for size).
+    """
+    speed = validation.get("speed")
+    if not speed or speed["ratio"] <= SLOWER_RATIO:
+        return
+    control["speed"] = speed
+    raise ConversionError(
+        "Within the budget, INT8 runs at {:.2f}x the FP32 latency with {} on this machine "
+        "(batch {}): FP32 meets any budget and is faster, so edgeinfer does not ship this "
+        "INT8 model.".format(speed["ratio"], recipe.backend, speed["batch"]),
+        "Convert with --precision fp32 for target {}; {} Or pass --no-speed-check to ship "
+        "INT8 anyway (e.g. for its size).".format(profile.name, recipe.slow_int8_hint))
+
+
+def _validate(job, runner, fp32_run, evaluation, notes, recipe):
+    """Compare the converted model (run by its own backend) with FP32 ONNX Runtime.
+
+    Returns:
+        (the manifest's ``validation`` dict, the :class:`~edgeinfer.conversion.metrics.Results`)
+    """
+    from .metrics import evaluate
+    batches, kind, where, count, _ = evaluation
+    budget = job.budget
+    metric = budget.metric if budget is not None and budget.kind == "metric" else None
+    results = evaluate(job.reference, runner.run, metric, top_k=None)
+    validation = {"data": kind, "where": where, "samples": count, "outputs": results.outputs}
+    if results.metric_name is not None:
+        validation["metric"] = {"name": results.metric_name, "value": results.metric}
+    reference, candidate = fp32_run, runner.run
     settings = job.settings
     if settings.measure_speed and job.features is not None:
-        feeds = next(iter(batches()))[0]
-        one = feeds if fixed_batch(job.source.inputs) else dict(
-            (k, v[:1]) for k, v in feeds.items())
+        one = job.speed_feeds()
         # INT8-vs-FP32 says what quantization buys only on one backend: a recipe whose
         # backend is not ONNX Runtime supplies its own FP32 runner for this check.
         own_fp32 = recipe.speed_reference(job) if hasattr(recipe, "speed_reference") else None
@@ -371,4 +488,4 @@ def _validate(job, runner, eval_data, eval_idx, notes, recipe):
                          "the FP32 latency at batch {}). {}".format(
                              recipe.backend, ratio, validation["speed"]["batch"],
                              recipe.slow_int8_hint))
-    return validation
+    return validation, results

@@ -26,10 +26,6 @@ from typing import NamedTuple
 
 from ..errors import ConversionError, UsageError
 
-# describe() names this many kept ops; the manifest lists them all.
-SHOWN_OPS = 12
-
-
 class Step(NamedTuple):
     """One configuration the search built and measured.
 
@@ -217,23 +213,5 @@ def describe(result):
         result: a :class:`SearchResult` or its :meth:`~SearchResult.to_dict` form
             (what the manifest holds).
     """
-    data = result.to_dict() if isinstance(result, SearchResult) else result
-    lines = ["accuracy budget: {}; achieved {} {:.6g} ({})".format(
-        data["budget"]["text"], data["what"], data["achieved"],
-        "met" if data["met"] else "NOT met")]
-    kept = data["kept"]
-    if kept:
-        shown = ", ".join("{} ({})".format(op["name"], op["op_type"])
-                          for op in kept[:SHOWN_OPS])
-        if len(kept) > SHOWN_OPS:
-            shown += " and {} more ops".format(len(kept) - SHOWN_OPS)
-        lines.append("kept in FP32: {} of {} groups: {}".format(
-            len(data["groups"]), data["candidates"], shown))
-    else:
-        lines.append("kept in FP32: none (all {} groups INT8)".format(data["candidates"]))
-    lines.append("search: {} steps in {:.1f} s: {}".format(
-        len(data["steps"]), data["seconds"], "; ".join(
-            "{} in FP32: {:.6g} ({})".format(s["groups"], s["achieved"],
-                                             "met" if s["ok"] else "missed")
-            for s in data["steps"])))
-    return lines
+    from ..report import describe_search
+    return describe_search(result.to_dict() if isinstance(result, SearchResult) else result)

@@ -19,7 +19,7 @@ import re
 
 from ..errors import ConversionError, UsageError
 from ..lazy import require
-from ..runtime.backends.openvino import record_specs
+from ..runtime.backends.openvino import record_specs, weights_name
 from . import KNOB_FLAGS as FLAGS
 from .ort import op_balance, op_counts
 from .recipe import Result, recipe_step, run_calibration
@@ -244,6 +244,11 @@ def _describe(op_name, nodes):
 
 def convert_to_ir(ov, source):
     """``openvino.convert_model`` on the ONNX file; an op it lacks -> ConversionError."""
+    # The export goes in as it is, without edgeinfer.conversion.graph.normalize: the ONNX
+    # frontend folds Constant and Identity weights into OpenVINO Constants (NNCF gave the
+    # same FakeQuantize and INT8-weight counts as for initializers) and reads opsets below
+    # 13 itself (an opset-11 conv net got per-channel INT8 weights), so there is nothing
+    # to fix.
     try:
         return ov.convert_model(source.path)
     except Exception as exc:
@@ -283,9 +288,7 @@ def ignored_scope(nncf, ov_model, source, names, types):
     present = sorted(set(op.get_type_name() for op in ops))
     resolved_names = []
     for name in names:
-        matched = [op.get_friendly_name() for op in ops if op.get_type_name() not in (
-            "Constant", "Parameter", "Result") and (op.get_friendly_name() == name or
-                                                   op.get_friendly_name().startswith(name + "/"))]
+        matched = resolve_names(ov_model, [name])
         if not matched:
             onnx_names = [n.name for n in source.model.graph.node if n.name]
             raise UsageError("--ignore-node {!r}: no node of that name in the model.".format(name),
@@ -367,6 +370,7 @@ class OpenVinoRecipe(object):
         xml = os.path.join(job.workdir, "model.xml")
         bin_path = os.path.join(job.workdir, "model.bin")
         notes, calibration, method = [], None, "none"
+        self._control = None  # the budget search's record, when a budget is given
         with recipe_step("OpenVINO model conversion"):
             model = convert_to_ir(ov, job.source)
         quant = {"ir": "openvino.convert_model {}".format(release_of(ov.__version__))}
@@ -388,7 +392,7 @@ class OpenVinoRecipe(object):
             ov.save_model(model, xml, compress_to_fp16=settings.precision == "fp16")
         return Result({"model.xml": xml, "model.bin": bin_path}, "model.xml", method, quant,
                       calibration, ov.__version__, min_openvino_version(xml, ov.__version__),
-                      notes)
+                      notes, self._control)
 
     def speed_reference(self, job):
         """The source as an FP32 IR, loaded by the OpenVINO backend: the speed check's FP32.
@@ -440,11 +444,23 @@ class OpenVinoRecipe(object):
             mode = nncf.CompressWeightsMode.INT8_ASYM
             with recipe_step("INT8 weight compression (nncf.compress_weights)"), quiet_nncf(nncf):
                 model = nncf.compress_weights(model, mode=mode, ignored_scope=scope)
+            if job.budget is not None:
+                self._control = self._check_whole(job, model)
             quant.update({"mode": mode.value, "activations": "float32",
                           "format": "INT8 weight constants with Convert/Subtract/Multiply "
                                     "decompression",
                           "weights_compressed": _count_int8_weights(model)})
             return model, method, quant, None
+        from .equalize import equalize_file
+        with recipe_step("Cross-layer equalisation"):
+            # NNCF corrects biases itself, but its ChannelAlignment pairs only Conv -> Conv
+            # with no activation between (and is off by default): MobileNets' Conv ->
+            # ReLU6 -> Conv pairs are equalised here, on the ONNX model (issue 4, req. 6).
+            equalized, quant["equalization"] = equalize_file(
+                source.path, os.path.join(job.workdir, "equalized.onnx"), settings.per_channel)
+        if equalized != source.path:
+            with recipe_step("OpenVINO model conversion (equalised model)"):
+                model = convert_to_ir(ov, source._replace(path=equalized))
         return self._static(job, nncf, model, model_type, scope, quant)
 
     def _static(self, job, nncf, model, model_type, scope, quant):
@@ -478,6 +494,9 @@ class OpenVinoRecipe(object):
         with recipe_step("Static INT8 quantization (nncf.quantize)"):
             quantized, summary = run_calibration(
                 job._replace(calibration_indices=used[:len(feeds) * per_item]), calibrate)
+        if job.budget is not None:
+            with recipe_step("Accuracy control"):
+                quantized = self._budgeted(job, nncf, model, quantized, feeds, kwargs)
         summary.update({"samples": len(feeds) * per_item, "batches": len(feeds),
                         "batch_size": per_item, "method": "nncf",
                         "samples_read": feeds.reads * per_item})
@@ -500,6 +519,76 @@ class OpenVinoRecipe(object):
                                  if op.get_type_name() == "FakeQuantize"),
         })
         return quantized, "static", quant, summary
+
+
+    def _runner(self, xml):
+        """``feeds -> outputs`` of an IR file, run by the OpenVINO backend."""
+        from ..runtime.backends import LocalFiles, get_backend
+        return get_backend(self.backend).load(
+            LocalFiles({"model.xml": xml, "model.bin": weights_name(xml)}, "model.xml")).run
+
+    def _check_whole(self, job, model):
+        """A budget for weight-only INT8: measure it, refuse it when it misses."""
+        from .control import check_whole
+        ov = require("openvino", "OpenVINO conversion")
+        xml = os.path.join(job.workdir, "accuracy-control-ir", "weights-only.xml")
+        os.makedirs(os.path.dirname(xml), exist_ok=True)
+        record_specs(model, job.source.inputs, job.source.outputs)
+        ov.save_model(model, xml, compress_to_fp16=False)
+        return check_whole(job, xml, self._runner, "Weight-only",
+                           "Use --method static with --calibration: edgeinfer then keeps the "
+                           "most sensitive ops in FP32 until the budget holds.")
+
+    def _budgeted(self, job, nncf, model, quantized, feeds, kwargs):
+        """Keep the fewest ops out of NNCF's INT8 that meet ``job.budget`` (issue 4).
+
+        Each configuration the search tries is a real ``nncf.quantize`` with the
+        kept ONNX nodes added to the ignored scope, saved as IR and run by the
+        OpenVINO backend; see :func:`edgeinfer.conversion.control.search_openvino`.
+        """
+        from .control import search_openvino
+        ov = require("openvino", "OpenVINO conversion")
+        folder = os.path.join(job.workdir, "accuracy-control-ir")
+        os.makedirs(folder, exist_ok=True)
+        built = {}
+        user = kwargs.get("ignored_scope")
+
+        def save(candidate, excluded):
+            xml = os.path.join(folder, "variant-{}.xml".format(len(built)))
+            record_specs(candidate, job.source.inputs, job.source.outputs)
+            ov.save_model(candidate, xml, compress_to_fp16=False)
+            built[tuple(sorted(excluded))] = xml
+            return xml
+
+        def build(excluded):
+            key = tuple(sorted(excluded))
+            if key in built:
+                return built[key]
+            names = resolve_names(model, excluded)
+            scope = nncf.IgnoredScope(
+                names=sorted(set(names) | set(user.names if user else ())),
+                types=list(user.types) if user else [])
+            with quiet_nncf(nncf):
+                candidate = nncf.quantize(model, nncf.Dataset(feeds),
+                                          **dict(kwargs, ignored_scope=scope))
+            return save(candidate, excluded)
+
+        save(quantized, ())
+        chosen, self._control = search_openvino(job, job.source.path, build, self._runner)
+        return ov.Core().read_model(chosen)
+
+
+def resolve_names(ov_model, onnx_names):
+    """OpenVINO op names for ONNX node names: the op of that name and its ``name/...`` parts.
+
+    Names with no op (an ONNX Relu fused away by the frontend) select nothing.
+    """
+    names = []
+    ops = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+           if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    for name in onnx_names:
+        names.extend(op for op in ops if op == name or op.startswith(name + "/"))
+    return names
 
 
 def _count_int8_weights(model):

@@ -9,11 +9,13 @@ import contextlib
 import io
 import os
 import pathlib
+import shutil
 import warnings
 from typing import NamedTuple
 
 from ..errors import ConversionError, UsageError
 from ..lazy import require
+from .graph import normalize
 from .recipe import Result, recipe_step, run_calibration
 from .source import QUANT_OPSET, default_opset
 
@@ -149,33 +151,44 @@ class ListReader(object):
         return self._feeds[self._index - 1]
 
 
-def prepare(source_path, out_path, workdir):
-    """Run ONNX Runtime's recommended pre-processing for quantization.
+def prepare(source_path, out_path, workdir, report=None):
+    """Prepare an FP32 model for ONNX Runtime's quantizer.
 
-    Symbolic shape inference plus graph optimization (fold BatchNorm, fuse
-    constants), as ``python -m onnxruntime.quantization.preprocess`` does; upgrades
-    the opset to 13 first when older, because per-channel QDQ needs it.
+    First :func:`edgeinfer.conversion.graph.normalize`: opset upgraded to 13 when
+    older (per-channel Q/DQ needs it), Constant and Identity weights made plain
+    initializers, nodes named, shapes inferred (symbolic, else ONNX, else none).
+    Then ONNX Runtime's ``quant_pre_process`` without its symbolic step (done
+    above, with fallbacks): graph optimization (fold BatchNorm, fuse constants)
+    and ONNX shape inference over the optimized graph.
+
+    Args:
+        source_path: the FP32 ONNX model.
+        out_path: where the prepared model is written.
+        workdir: folder for intermediate files.
+        report: a dict to fill with what was changed, for the manifest's
+            ``quantization.graph_preparation`` (default None: not reported).
+
+    Returns:
+        out_path
+
+    Raises:
+        ConversionError: the opset cannot be upgraded to 13.
     """
     onnx = require("onnx", "INT8 conversion")
     shape_inference = require("onnxruntime.quantization.shape_inference", "INT8 conversion")
-    model = onnx.load(source_path)
-    if default_opset(model) < QUANT_OPSET:
-        version_converter = require("onnx.version_converter")
-        try:
-            model = version_converter.convert_version(model, QUANT_OPSET)
-        except Exception as exc:
-            raise ConversionError("Cannot upgrade the model to opset {} for INT8: {}".format(
-                QUANT_OPSET, str(exc).splitlines()[0]),
-                "Re-export the model with opset 13 or newer.")
-        source_path = os.path.join(workdir, "opset13.onnx")
-        onnx.save(model, source_path)
+    normalized = normalize(onnx.load(source_path), QUANT_OPSET)
+    if report is not None:
+        report.update(normalized.record)
+    graph_path = os.path.join(workdir, "normalized.onnx")
+    onnx.save(normalized.model, graph_path)
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=False)
+            shape_inference.quant_pre_process(graph_path, out_path, skip_symbolic_shape=True)
         except Exception:
-            # Symbolic shape inference fails on some graphs; ORT's own guidance is to
-            # retry without it rather than give up.
-            shape_inference.quant_pre_process(source_path, out_path, skip_symbolic_shape=True)
+            # ONNX shape inference can fail on the optimized graph where it passed on
+            # the source; the shapes normalize() inferred are still in the model.
+            shape_inference.quant_pre_process(graph_path, out_path, skip_symbolic_shape=True,
+                                              skip_onnx_shape=True)
     return out_path
 
 
@@ -312,6 +325,39 @@ def min_ort_version(opset, precision):
     return version
 
 
+def correct_chosen(job, prepared, out, cache, kind, variant, control):
+    """Bias correction of the model the budget search chose, kept only if it measures better.
+
+    The search compares uncorrected variants (correcting each would cost a pass
+    over the calibration data per step); the chosen one is corrected afterwards,
+    with the ops it keeps in FP32 still excluded, and replaces it only when the
+    budget's quantity is at least as good, so the search's guarantee holds.
+
+    Returns:
+        the manifest's ``quantization.bias_correction`` report.
+    """
+    from .equalize import bias_correction_file
+    from .metrics import evaluate
+    from .sensitivity import ort_runner
+    budget = job.budget
+    folder = os.path.join(job.workdir, "accuracy-control")
+    corrected, report = bias_correction_file(prepared, out, job.calibration_batches(),
+                                             os.path.join(folder, "bias-corrected.onnx"))
+    candidate = os.path.join(folder, "chosen-corrected.onnx")
+    quantize_static(corrected, candidate, cache, kind, variant, job.settings.per_channel,
+                    exclude=[op["name"] for op in control["kept"]])
+    metric = budget.metric if budget.kind == "metric" else None
+    ok, value = budget.check(evaluate(job.reference, ort_runner(candidate), metric))
+    before = control["achieved"]
+    better = value >= before if budget.higher_is_better else value <= before
+    report["after_budget_search"] = {"achieved": value, "without": before,
+                                     "kept": bool(ok and better)}
+    if ok and better:
+        shutil.copyfile(candidate, out)
+        control["achieved"] = value
+    return report
+
+
 class OrtRecipe(object):
     """ONNX Runtime bundles: FP32, FP16, INT8 dynamic and INT8 static (QDQ)."""
 
@@ -333,6 +379,7 @@ class OrtRecipe(object):
         settings, source = job.settings, job.source
         out = os.path.join(job.workdir, "model.onnx")
         notes, calibration, method = [], None, "none"
+        self._control = None  # the budget search's record, when a budget is given
         if settings.precision == "fp32":
             with recipe_step("FP32 graph optimization"):
                 _, quant = optimize_fp32(source.path, out)
@@ -349,7 +396,7 @@ class OrtRecipe(object):
         opset = default_opset(onnx.load(out, load_external_data=False))
         return Result({"model.onnx": out}, "model.onnx", method, quant, calibration,
                       require("onnxruntime").__version__,
-                      min_ort_version(opset, settings.precision), notes)
+                      min_ort_version(opset, settings.precision), notes, self._control)
 
     def _int8(self, job, out, notes):
         settings, source = job.settings, job.source
@@ -368,25 +415,54 @@ class OrtRecipe(object):
         if name == "auto":
             name, name_why = default_int8_variant(job.features, job.profile)
         variant = INT8_VARIANTS[name]
+        graph = {}
         with recipe_step("Pre-processing for quantization"):
             prepared = prepare(source.path, os.path.join(job.workdir, "prepared.onnx"),
-                               job.workdir)
+                               job.workdir, report=graph)
         quant = {"method_reason": why, "variant": name, "variant_reason": name_why,
                  "activations": variant.activations, "weights": variant.weights,
                  "reduce_range": variant.reduce_range, "per_channel": settings.per_channel,
                  "format": "QDQ" if method == "static" else "QOperator (dynamic)",
-                 "preprocessing": "onnxruntime quant_pre_process"}
+                 "preprocessing": "onnxruntime quant_pre_process", "graph_preparation": graph}
         if method == "dynamic":
             with recipe_step("Dynamic INT8 quantization"):
                 _, extra = quantize_dynamic(prepared, out, source.model, variant,
                                             settings.per_channel)
             quant.update(extra)
+            if job.budget is not None:
+                from .control import check_whole
+                from .sensitivity import ort_runner
+                self._control = check_whole(
+                    job, out, ort_runner, "Dynamic",
+                    "Use --method static with --calibration: edgeinfer then keeps the most "
+                    "sensitive ops in FP32 until the budget holds.")
             return method, quant, None
+        from .equalize import bias_correction_file, equalize_file
+        with recipe_step("Cross-layer equalisation"):
+            # Issue 4, req. 6: BN-folded depthwise weights spread too far for one
+            # per-tensor scale; equalising first makes them fit (exact in FP32).
+            prepared, quant["equalization"] = equalize_file(
+                prepared, os.path.join(job.workdir, "equalized.onnx"), settings.per_channel)
         with recipe_step("Calibration"):
             (cache, _, kind), summary = run_calibration(
                 job, lambda batches: calibrate(prepared, batches, settings.calibrate_method,
                                                job.workdir))
-        with recipe_step("Static INT8 quantization"):
-            quantize_static(prepared, out, cache, kind, variant, settings.per_channel)
+        if job.budget is not None:
+            from .control import search_ort
+            with recipe_step("Accuracy control"):
+                self._control = search_ort(job, prepared, cache, kind, variant, out)
+            with recipe_step("Bias correction"):
+                quant["bias_correction"] = correct_chosen(job, prepared, out, cache, kind,
+                                                          variant, self._control)
+        else:
+            with recipe_step("Static INT8 quantization"):
+                quantize_static(prepared, out, cache, kind, variant, settings.per_channel)
+            with recipe_step("Bias correction"):
+                # ONNX Runtime has none (NNCF does it by default): remove the mean shift
+                # the INT8 weights add, then quantize the corrected model with the same ranges.
+                corrected, quant["bias_correction"] = bias_correction_file(
+                    prepared, out, job.calibration_batches(),
+                    os.path.join(job.workdir, "bias-corrected.onnx"))
+                quantize_static(corrected, out, cache, kind, variant, settings.per_channel)
         quant["calibration_method"] = settings.calibrate_method
         return method, quant, summary

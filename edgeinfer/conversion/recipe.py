@@ -51,6 +51,10 @@ class Job(NamedTuple):
         calibration_indices: which of its samples calibrate.
         batch: batch size for calibration and validation.
         workdir: folder for intermediate files.
+        reference: the FP32 model's outputs on the evaluation set
+            (:class:`~edgeinfer.conversion.metrics.ReferenceOutputs`, computed on
+            first use), or None.
+        budget: the accuracy :class:`~edgeinfer.conversion.metrics.Budget`, or None.
     """
 
     source: object
@@ -61,6 +65,8 @@ class Job(NamedTuple):
     calibration_indices: Optional[list]
     batch: int
     workdir: str
+    reference: object = None
+    budget: object = None
 
     def calibration_batches(self):
         """Calibration feeds, one batch in memory at a time."""
@@ -69,6 +75,13 @@ class Job(NamedTuple):
         for feeds, _ in self.calibration.batches(self.batch, indices=self.calibration_indices,
                                                  drop_last=drop_last):
             yield feeds
+
+    def speed_feeds(self):
+        """One sample of the evaluation set (a whole batch for a fixed-batch model)."""
+        feeds = next(iter(self.reference.items()))[0]
+        if fixed_batch(self.source.inputs):
+            return feeds
+        return dict((name, value[:1]) for name, value in feeds.items())
 
 
 class Result(NamedTuple):
@@ -83,6 +96,10 @@ class Result(NamedTuple):
         backend_version: the backend's version on this workstation.
         min_backend_version: the oldest backend version that runs the files.
         notes: messages for the user.
+        accuracy_control: what the budget search chose (the manifest's
+            ``accuracy_control``), or None without a budget.
+        engine: how the device builds its engine (the manifest's ``engine``, see
+            :mod:`edgeinfer.conversion.tensorrt`), or None for backends that load the files.
     """
 
     files: dict
@@ -93,6 +110,8 @@ class Result(NamedTuple):
     backend_version: str
     min_backend_version: Optional[str]
     notes: list
+    accuracy_control: Optional[dict] = None
+    engine: Optional[dict] = None
 
 
 def run_calibration(job, calibrate):

@@ -246,6 +246,11 @@ class QdqBuilder(object):
         per_channel: per-channel weight scales.
         workdir: where variants are written.
         exclude: nodes every variant keeps in FP32 (default none).
+        extra_options: ``quantize_static``'s ``extra_options`` for every variant
+            (default None: the ONNX Runtime recipe's call, none).
+        op_types: the op types to quantize (default None: ONNX Runtime's list).
+        finish: callable (path, excluded node names) that rewrites each built
+            variant in place, e.g. the TensorRT recipe's Q/DQ placement (default None).
 
     Attributes:
         model_path: the prepared model the variants come from (a copy with unique
@@ -255,11 +260,13 @@ class QdqBuilder(object):
         seconds: time spent quantizing.
     """
 
-    def __init__(self, prepared, cache, kind, variant, per_channel, workdir, exclude=()):
+    def __init__(self, prepared, cache, kind, variant, per_channel, workdir, exclude=(),
+                 extra_options=None, op_types=None, finish=None):
         onnx = require("onnx", "accuracy control")
         self.cache, self.kind, self.variant = cache, kind, variant
         self.per_channel, self.workdir = per_channel, workdir
         self.exclude = tuple(exclude)
+        self.extra_options, self.op_types, self.finish = extra_options, op_types, finish
         self.builds, self.seconds = 0, 0.0
         self._paths = {}
         model = onnx.load(prepared)
@@ -289,12 +296,14 @@ class QdqBuilder(object):
         digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:12]
         path = os.path.join(self.workdir, "variant-{}.onnx".format(digest))
         start = time.perf_counter()
-        if chosen is not None:
+        if chosen is not None or self.extra_options is not None or self.op_types is not None:
             self._quantize_only(path, excluded, chosen)
         else:
             with _quiet():
                 quantize_static(self.model_path, path, self.cache, self.kind, self.variant,
                                 self.per_channel, exclude=excluded)
+        if self.finish is not None:
+            self.finish(path, excluded)
         self.seconds += time.perf_counter() - start
         self.builds += 1
         self._paths[key] = path
@@ -310,7 +319,7 @@ class QdqBuilder(object):
 
     def _quantize_only(self, path, excluded, chosen):
         quantization = require("onnxruntime.quantization", "accuracy control")
-        if not chosen:
+        if chosen is not None and not chosen:
             # Nothing to quantize: ORT would read an empty list as "everything".
             require("onnx").save(self.model, path)
             return
@@ -322,8 +331,9 @@ class QdqBuilder(object):
                 reduce_range=self.variant.reduce_range,
                 activation_type=types[self.variant.activations],
                 weight_type=types[self.variant.weights], calibrate_method=self.kind,
-                nodes_to_quantize=list(chosen), nodes_to_exclude=list(excluded) or None,
-                calibration_cache_path=self.cache)
+                nodes_to_quantize=list(chosen) if chosen else None,
+                nodes_to_exclude=list(excluded) or None, calibration_cache_path=self.cache,
+                op_types_to_quantize=self.op_types, extra_options=self.extra_options)
 
 
 @contextlib.contextmanager
