@@ -26,7 +26,7 @@ DEVICE_MODULES = [
     "edgeinfer.runtime.inputs", "edgeinfer.preprocess",
     "edgeinfer.datasets", "edgeinfer.profiles", "edgeinfer.report", "edgeinfer.doctor",
     "edgeinfer.cli", "edgeinfer.errors", "edgeinfer.tensors", "edgeinfer.memory",
-    "edgeinfer.lazy",
+    "edgeinfer.lazy", "edgeinfer.calibration_cache",
 ]
 
 # Frameworks the device side may only import lazily, inside the code that needs them.

@@ -466,7 +466,9 @@ def _validate(job, runner, fp32_run, evaluation, notes, recipe):
         validation["metric"] = {"name": results.metric_name, "value": results.metric}
     reference, candidate = fp32_run, runner.run
     settings = job.settings
-    if settings.measure_speed and job.features is not None:
+    # Timing means something only on the backend that will run the bundle.
+    runs_here = getattr(recipe, "validation_backend", None) in (None, recipe.backend)
+    if settings.measure_speed and job.features is not None and runs_here:
         one = job.speed_feeds()
         # INT8-vs-FP32 says what quantization buys only on one backend: a recipe whose
         # backend is not ONNX Runtime supplies its own FP32 runner for this check.

@@ -20,6 +20,7 @@ log = logging.getLogger("edgeinfer.conversion")
 RECIPES = {
     "onnxruntime": "edgeinfer.conversion.ort:OrtRecipe",
     "openvino": "edgeinfer.conversion.openvino:OpenVinoRecipe",
+    "tensorrt": "edgeinfer.conversion.tensorrt:TensorRtRecipe",
 }
 
 
