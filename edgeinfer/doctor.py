@@ -1,10 +1,12 @@
-"""`edgeinfer doctor`: what this machine can run, and how fast INT8 can be here."""
+"""`edgeinfer doctor`: what this machine can run, how fast INT8 can be here, and with which
+backend."""
 
 import importlib
 import platform
 import sys
 
-from .profiles import cpu_features, jetson_info, machine_arch
+from .profiles import (cpu_class, cpu_features, int8_backend_advice, int8_measurements,
+                       jetson_info, machine_arch)
 
 # Backends a device may have, with what to report about each.
 KNOWN_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -52,6 +54,28 @@ def int8_advice(features):
     return "No AVX2: INT8 kernels fall back to slow paths; prefer FP32."
 
 
+def int8_backend_picks(features, backends):
+    """Which backend to pick for INT8 on this CPU, per workload, from measurements.
+
+    Args:
+        features: :func:`~edgeinfer.profiles.cpu_features` of this machine.
+        backends: doctor's backend report (name -> dict with ``available``).
+
+    Returns:
+        list of dicts: ``workload`` (``"conv"``, ``"matmul"``, or None when this CPU
+        class has no measurement at all), ``backend`` (or None: no claim), ``reason``,
+        and ``installed`` (whether the picked backend is importable here, or None).
+    """
+    workloads = sorted(set(m.workload for m in int8_measurements(features))) or [None]
+    picks = []
+    for workload in workloads:
+        backend, reason = int8_backend_advice(features, workload)
+        installed = backends.get(backend, {}).get("available") if backend else None
+        picks.append({"workload": workload, "backend": backend, "reason": reason,
+                      "installed": installed})
+    return picks
+
+
 def collect():
     """Everything doctor reports, as a JSON-serialisable dict."""
     features = cpu_features()
@@ -72,6 +96,9 @@ def collect():
         "cpu": features,
         "jetson": jetson_info(),
         "backends": backends,
+        "int8_backend": {"cpu_class": cpu_class(features),
+                         "picks": int8_backend_picks(features, backends),
+                         "measurements": [m._asdict() for m in int8_measurements(features)]},
         "int8": int8_advice(features),
     }
 
@@ -96,5 +123,11 @@ def format_report(report):
                 "", device["name"], device.get("full_name", "?"),
                 "  [{}]".format(", ".join(device["capabilities"]))
                 if device.get("capabilities") else ""))
+    for pick in report["int8_backend"]["picks"]:
+        line = pick["reason"]
+        if pick["backend"] and not pick["installed"]:
+            line += " {} is not installed here: pip install edgeinfer[{}].".format(
+                pick["backend"], "ort" if pick["backend"] == "onnxruntime" else pick["backend"])
+        lines.append("int8 pick  {}".format(line))
     lines.append("int8       {}".format(report["int8"]))
     return "\n".join(lines)

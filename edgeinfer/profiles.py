@@ -123,6 +123,153 @@ def cpu_features():
     }
 
 
+def cpu_class(features):
+    """The class of CPU that decides which INT8 kernels run, from :func:`cpu_features`.
+
+    Returns:
+        ``"x86-amx"``, ``"x86-vnni"`` (AVX512-VNNI or AVX-VNNI), ``"x86-avx512"``
+        (AVX-512 without VNNI), ``"x86-avx2"`` (AVX2 without VNNI), ``"x86"``
+        (older), ``"arm64-i8mm"``, ``"arm64-dotprod"``, ``"arm64"``, or the
+        architecture's name for any other CPU.
+    """
+    arch = features["arch"]
+    if arch == "x86_64":
+        for name in ("amx", "vnni", "avx512", "avx2"):
+            if features.get(name):
+                return "x86-" + name
+        return "x86"
+    if arch == "aarch64":
+        for name in ("i8mm", "dotprod"):
+            if features.get(name):
+                return "arm64-" + name
+        return "arm64"
+    return arch
+
+
+# Readable names of the CPU classes, for messages.
+CPU_CLASSES = {
+    "x86-amx": "x86 with AMX", "x86-vnni": "x86 with VNNI", "x86-avx512": "x86 AVX-512 "
+    "without VNNI", "x86-avx2": "x86 AVX2 without VNNI", "x86": "x86 without AVX2",
+    "arm64-i8mm": "ARM64 with I8MM", "arm64-dotprod": "ARM64 with dot-product",
+    "arm64": "ARM64 without dot-product",
+}
+
+
+class Int8Measurement(NamedTuple):
+    """One measured latency ratio between edgeinfer's OpenVINO and ONNX Runtime INT8 bundles.
+
+    Attributes:
+        cpu_class: the :func:`cpu_class` it holds for.
+        workload: ``"conv"`` (conv nets) or ``"matmul"`` (MatMul-heavy: transformers,
+            MLPs), as the recipes' ``--method auto`` tells them apart.
+        model: what was measured, at batch 1.
+        ratio: edgeinfer OpenVINO INT8 latency / edgeinfer ONNX Runtime INT8 latency,
+            both as ``edgeinfer convert`` makes them by default, from one run.
+        cpu: the CPU it was measured on.
+        versions: the backend versions used.
+        source: where the numbers are kept.
+        command: the command that measured them.
+    """
+
+    cpu_class: str
+    workload: str
+    model: str
+    ratio: float
+    cpu: str
+    versions: str
+    source: str
+    command: str
+
+
+# What edgeinfer has measured (issue 3: "tells users which backend to pick on x86").  A
+# CPU class with no row gets no claim: INT8 speed turns on the kernels a CPU has (VNNI,
+# AMX, dot-product), so a ratio from one class says nothing about another.  Add a row
+# only from a benchmark run kept in docs/BENCHMARKS.md (tests/test_int8_advice.py checks
+# the numbers against it).
+_BENCH_OPENVINO = ("docs/BENCHMARKS.md, 'OpenVINO recipes (issue 3)', 2026-11-23",
+                   "python scripts/bench_openvino.py --md docs/BENCHMARKS.md")
+INT8_MEASUREMENTS = (
+    Int8Measurement("x86-avx2", "conv", "ResNet-50, static INT8 on both", 0.95,
+                    "AMD EPYC (Zen 3), 2 cores", "openvino 2026.4.1, onnxruntime 1.32.0",
+                    *_BENCH_OPENVINO),
+    # Each backend's --method auto for a MatMul-heavy model: weight-only vs dynamic.
+    Int8Measurement("x86-avx2", "matmul", "a 2-layer transformer encoder, OpenVINO "
+                    "weight-only vs ONNX Runtime dynamic INT8", 1.84,
+                    "AMD EPYC (Zen 3), 2 cores", "openvino 2026.4.1, onnxruntime 1.32.0",
+                    *_BENCH_OPENVINO),
+)
+
+# Ratios this close to 1 are within run-to-run noise on a shared machine: no preference.
+INT8_PARITY = 0.03
+
+WORKLOADS = {"conv": "conv nets", "matmul": "MatMul-heavy models"}
+
+
+def _faster(measurement):
+    if abs(measurement.ratio - 1.0) <= INT8_PARITY:
+        return None
+    return "openvino" if measurement.ratio < 1.0 else "onnxruntime"
+
+
+def _measured(measurement):
+    """One measurement in words: which backend was faster, by how much, where from."""
+    if measurement.ratio <= 1.0:
+        said = "OpenVINO INT8 ran at {:.2f}x the latency of ONNX Runtime INT8".format(
+            measurement.ratio)
+    else:
+        said = "ONNX Runtime INT8 ran at {:.2f}x the latency of OpenVINO INT8".format(
+            1.0 / measurement.ratio)
+    return "{} ({}, batch 1; measured on {}, {}; {})".format(
+        said, measurement.model, measurement.cpu, measurement.versions, measurement.source)
+
+
+def int8_measurements(features):
+    """The rows of :data:`INT8_MEASUREMENTS` that hold for this CPU's class."""
+    kind = cpu_class(features)
+    return [m for m in INT8_MEASUREMENTS if m.cpu_class == kind]
+
+
+def int8_backend_advice(features, workload=None):
+    """Which backend runs INT8 faster on this kind of CPU, from measurements, not guesses.
+
+    Args:
+        features: :func:`cpu_features` of the CPU that will run the model.
+        workload: ``"conv"`` (conv nets), ``"matmul"`` (MatMul-heavy models) or None
+            (default: not known; a pick is made only when every workload agrees).
+
+    Returns:
+        ``(backend, reason)``: ``backend`` is ``"openvino"``, ``"onnxruntime"`` or None
+        (no measurement for this CPU class, the measurements disagree across
+        workloads, or the two were on par); ``reason`` is one sentence saying why,
+        with the measurement's source.
+
+    Raises:
+        UsageError: an unknown ``workload``.
+    """
+    if workload is not None and workload not in WORKLOADS:
+        raise UsageError("Unknown workload {!r}.".format(workload),
+                         "Use one of: {} (or None).".format(", ".join(sorted(WORKLOADS))))
+    kind = cpu_class(features)
+    label = CPU_CLASSES.get(kind, kind)
+    found = [m for m in int8_measurements(features) if workload in (None, m.workload)]
+    if not found:
+        return None, ("No INT8 comparison of OpenVINO and ONNX Runtime on this CPU class ({}){} "
+                      "has been measured: edgeinfer makes no claim; convert for both and compare "
+                      "them with `edgeinfer bench`.".format(
+                          label, " for " + WORKLOADS[workload] if workload else ""))
+    picks = set(_faster(m) for m in found)
+    if len(picks) > 1:
+        return None, "On {} it depends on the model: {}.".format(label, "; ".join(
+            "for {}, {}".format(WORKLOADS[m.workload], _measured(m)) for m in found))
+    pick = picks.pop()
+    if pick is None:
+        return None, "On {} the two are on par (within {:.0%}): {}.".format(
+            label, INT8_PARITY, "; ".join(_measured(m) for m in found))
+    return pick, "On {}, prefer {} for INT8{}: {}.".format(
+        label, "OpenVINO" if pick == "openvino" else "ONNX Runtime",
+        " " + WORKLOADS[workload] if workload else "", "; ".join(_measured(m) for m in found))
+
+
 def jetson_info():
     """Describe the Jetson this runs on, or return None on anything else.
 

@@ -219,6 +219,116 @@ def test_unknown_output_name(digits):
     assert "Outputs: logits." in str(info.value)
 
 
+# -- the fast path of the input checks -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fixed_batch(tmp_path_factory, tiny_model, make_manifest):
+    """The tiny model under a manifest with every input dim fixed (x: float32[2, 4]), as a
+    bundle converted for one batch size has: the checks compare whole shapes."""
+    path = tmp_path_factory.mktemp("fixed") / "fixed.eib"
+    manifest = make_manifest(inputs=[{"name": "x", "dtype": "float32", "shape": [2, 4]}])
+    Bundle.write(str(path), manifest, {"model.onnx": tiny_model.data})
+    with edgeinfer.load(str(path)) as session:
+        yield session
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    ((3, 4), "Received shape [3, 4]; dim 0 is 3, expected 2."),
+    ((2, 5), "Received shape [2, 5]; dim 1 is 5, expected 4."),
+    ((2, 4, 1), "Received rank 3 (shape [2, 4, 1])."),
+    ((8,), "Received rank 1 (shape [8])."),
+])
+def test_a_fully_fixed_shape_is_checked_whole(fixed_batch, shape, fragment):
+    with pytest.raises(InputError) as info:
+        fixed_batch.run({"x": np.zeros(shape, np.float32)})
+    assert fragment in str(info.value)
+    assert "x: float32[2, 4]" in str(info.value)
+
+
+def test_a_fully_fixed_shape_runs(fixed_batch, tiny_model):
+    x = np.random.RandomState(2).standard_normal((2, 4))  # float64: converted
+    got = fixed_batch.run({"x": x})
+    np.testing.assert_allclose(got["z"], x.astype(np.float32) @ tiny_model.W + tiny_model.b,
+                               rtol=0, atol=ATOL)
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.astype(">f4"),             # float32, other byte order: converted
+    lambda x: x.view(_Subclass),           # an ndarray subclass: taken as an ndarray
+    lambda x: x.tolist(),                  # nested lists
+    lambda x: np.asfortranarray(x),        # not C-contiguous
+])
+def test_inputs_off_the_fast_path_give_the_same_outputs(tiny, make):
+    x = np.random.RandomState(4).standard_normal((3, 4)).astype(np.float32)
+    expected = tiny.run({"x": x})
+    got = tiny.run({"x": make(x)})
+    for name in ("y", "z"):
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_the_callers_feeds_are_left_as_they_were(tiny):
+    x = np.ones((2, 4), np.float64)
+    feeds = {"x": x}
+    tiny.run(feeds)
+    assert feeds["x"] is x and x.dtype == np.float64 and list(feeds) == ["x"]
+
+
+# -- run_many: the generic fallback (ONNX Runtime has no run_many of its own) ----------------
+
+def _many(count, seed=0):
+    rng = np.random.RandomState(seed)
+    return [{"x": rng.standard_normal((int(rng.randint(1, 6)), 4)).astype(np.float32)}
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("concurrency", [None, 1, 4])
+def test_run_many_equals_run_for_each_feed_in_order(tiny, tiny_model, concurrency):
+    assert not hasattr(tiny._runner, "run_many")
+    feeds = _many(20, seed=1)
+    got = tiny.run_many(feeds, concurrency=concurrency)
+    assert len(got) == 20
+    for index, (outputs, f) in enumerate(zip(got, feeds)):
+        alone = tiny.run(f)
+        assert list(outputs) == ["y", "z"]
+        for name in ("y", "z"):
+            np.testing.assert_array_equal(outputs[name], alone[name], err_msg=str(index))
+        np.testing.assert_allclose(outputs["z"], f["x"] @ tiny_model.W + tiny_model.b,
+                                   rtol=0, atol=ATOL, err_msg=str(index))
+
+
+def test_run_many_output_subset_and_conversions(tiny, ints):
+    got = tiny.run_many([{"x": [[1, 2, 3, 4]]}, {"x": np.ones((2, 4))}], outputs=["z"],
+                        concurrency=2)
+    assert [list(o) for o in got] == [["z"], ["z"]]
+    assert [o["z"].shape for o in got] == [(1, 3), (2, 3)]
+    doubled = ints.run_many(({"n": np.array([[k, -k]], np.int32)} for k in range(5)))
+    assert [o["m"].tolist() for o in doubled] == [[[2 * k, -2 * k]] for k in range(5)]
+    assert tiny.run_many([]) == []
+
+
+def test_run_many_refuses_a_bad_feed_before_running_any(tiny):
+    feeds = _many(3) + [{"x": np.ones((1, 4), bool)}]
+    with pytest.raises(InputError) as info:
+        tiny.run_many(feeds, concurrency=2)
+    assert str(info.value).startswith("Feed 3 of 4: Input tensor: x | Received unexpected "
+                                      "dtype: bool.")
+    with pytest.raises(InputError, match="got one dict"):
+        tiny.run_many({"x": np.ones((1, 4), np.float32)})
+    with pytest.raises(UsageError, match="concurrency must be a whole number >= 1, not 0"):
+        tiny.run_many(_many(2), concurrency=0)
+
+
+def test_run_many_after_close(tiny_bundle):
+    session = edgeinfer.load(str(tiny_bundle))
+    session.close()
+    with pytest.raises(UsageError, match="Session 'tiny' is closed."):
+        session.run_many(_many(2))
+
+
 # -- compatibility ---------------------------------------------------------------------------
 
 def test_bundle_for_an_unregistered_backend(tmp_path, tiny_model, make_manifest):

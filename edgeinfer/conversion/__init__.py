@@ -380,6 +380,8 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
               reference, budget)
     result = recipe.build(job)
     notes = list(result.notes)
+    if features is not None and settings.precision == "int8":
+        notes.extend(_backend_advice(source, features, recipe.backend))
     # A recipe whose backend cannot run here (TensorRT needs an NVIDIA GPU) names the
     # backend that runs its files on this workstation for validation.
     checker = getattr(recipe, "validation_backend", None) or recipe.backend
@@ -417,6 +419,26 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
     bundle = Bundle.write(output, manifest, result.files, overwrite=overwrite)
     log.info("wrote %s (%d bytes)", output, os.path.getsize(output))
     return bundle
+
+
+# The target that builds for each CPU backend, for the advice below.
+CPU_TARGETS = {"onnxruntime": "cpu", "openvino": "intel-cpu"}
+
+
+def _backend_advice(source, features, backend):
+    """A note when the other CPU backend is measured faster at INT8 on this CPU class (issue 3)."""
+    from ..profiles import int8_backend_advice
+    from .ort import CONV_OPS, LINEAR_OPS, op_counts
+    if backend not in CPU_TARGETS:
+        return []
+    counts = op_counts(source.model)
+    convs = sum(counts.get(op, 0) for op in CONV_OPS)
+    linears = sum(counts.get(op, 0) for op in LINEAR_OPS)
+    faster, reason = int8_backend_advice(features, "conv" if convs and convs >= linears
+                                         else "matmul")
+    if faster is None or faster == backend or faster not in CPU_TARGETS:
+        return []
+    return ["{} Build it with --target {}.".format(reason, CPU_TARGETS[faster])]
 
 
 def _final_check(budget, control, results):

@@ -9,7 +9,7 @@ from ..bundle import Bundle
 from ..errors import BackendError, BundleError, InputError, UsageError
 from ..profiles import PROFILES, machine_arch
 from ..tensors import find_spec
-from .backends import ModelFiles, get_backend
+from .backends import ModelFiles, get_backend, run_in_threads
 
 
 def version_tuple(text):
@@ -56,15 +56,22 @@ def check_compatible(bundle, backend):
 
 
 class _InputCheck(object):
-    """Checks one input against its spec, fast: it runs on every call."""
+    """Checks one input against its spec, fast: it runs on every call.
 
-    __slots__ = ("spec", "dtype", "rank", "fixed")
+    ``static`` is the whole shape when every dim is fixed (one tuple compare
+    checks it), else None; ``fixed`` lists the (axis, size) pairs to check.
+    """
+
+    __slots__ = ("spec", "dtype", "rank", "fixed", "static")
 
     def __init__(self, spec):
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         self.rank = len(spec.shape)
-        self.fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int) and d > 0]
+        self.fixed = tuple((i, d) for i, d in enumerate(spec.shape)
+                           if isinstance(d, int) and d > 0)
+        self.static = (tuple(d for _, d in self.fixed) if len(self.fixed) == self.rank
+                       else None)
 
     def __call__(self, value):
         if type(value) is not np.ndarray:
@@ -125,8 +132,11 @@ class Session(object):
         self.outputs = bundle.outputs
         self.notes = list(notes)
         self._runner = runner
-        self._checks = dict((s.name, _InputCheck(s)) for s in self.inputs)
-        self._names = frozenset(self._checks)
+        checks = [_InputCheck(s) for s in self.inputs]
+        self._names = frozenset(s.name for s in self.inputs)
+        # What run() walks on every call, unpacked once here (issue 3: per-call cost).
+        self._table = [(c.spec.name, c.dtype, c.rank, c.static, c.fixed, c) for c in checks]
+        self._agree = _shared_dims(self.inputs)
         self._output_names = [s.name for s in self.outputs]
 
     @property
@@ -145,23 +155,123 @@ class Session(object):
             dict output name -> numpy array.
 
         Raises:
-            InputError: an unknown or missing input, a wrong dtype, rank or fixed dim.
+            InputError: an unknown or missing input, a wrong dtype, rank or fixed dim,
+                or inputs whose sizes differ on a dim they share by name (``seq``).
             UsageError: the session was closed.
+            BackendError: the backend failed on these inputs.
         """
-        if self._runner is None:
-            raise UsageError("Session {!r} is closed.".format(self.name),
-                             "Load the bundle again with edgeinfer.load().")
-        if not isinstance(feeds, dict):
-            raise InputError("Session.run takes a dict of input name -> array, got {}.".format(
-                type(feeds).__name__), "Inputs: {}.".format(self._describe_inputs()))
-        if feeds.keys() != self._names:
-            self._explain_names(feeds)
-        checked = {}
-        for name, value in feeds.items():
-            checked[name] = self._checks[name](value)
+        runner = self._runner
+        if runner is None:
+            self._closed()
+        feeds = self._checked(feeds, "Session.run")
         if outputs is not None:
             outputs = self._check_outputs(outputs)
-        return self._runner.run(checked, outputs)
+        return runner.run(feeds, outputs)
+
+    def run_many(self, feed_dicts, outputs=None, concurrency=None):
+        """Run the model on many inputs, as many at once as the backend does best.
+
+        Throughput mode (issue 3, requirement 5): OpenVINO keeps ``concurrency``
+        asynchronous requests in flight (an AsyncInferQueue), so under the
+        THROUGHPUT hint every stream is busy; other backends run
+        :meth:`run` from ``concurrency`` threads (ONNX Runtime releases the GIL).
+        Every feed is checked, as :meth:`run` checks it, before the first runs.
+
+        Args:
+            feed_dicts: an iterable of feed dicts, each as :meth:`run` takes.  It is
+                read to the end before anything runs, so each dict must hold its
+                own arrays (a generator refilling one buffer would feed its last
+                contents every time).
+            outputs: output names to return (default None: all, in model order).
+            concurrency: inferences in flight at once (default None: the backend's
+                choice: OpenVINO's optimal number of requests for the compiled
+                model, 1 under the LATENCY hint; 1 for other backends, whose one
+                call already uses every core).
+
+        Returns:
+            list of dicts output name -> numpy array, one per feed dict, in order.
+
+        Raises:
+            InputError: a feed that :meth:`run` would refuse (named by its index),
+                or ``feed_dicts`` that is not an iterable of dicts.
+            UsageError: a bad ``concurrency``, or the session was closed.
+            BackendError: the backend failed on a feed.
+        """
+        runner = self._runner
+        if runner is None:
+            self._closed()
+        _check_concurrency(concurrency)
+        if isinstance(feed_dicts, dict):
+            raise InputError("Session.run_many takes an iterable of feed dicts, got one dict.",
+                             "Use Session.run(feeds) for one call, or pass [feeds].")
+        try:
+            feed_dicts = list(feed_dicts)
+        except TypeError:
+            raise InputError("Session.run_many takes an iterable of feed dicts, got {}.".format(
+                type(feed_dicts).__name__), "Inputs: {}.".format(self._describe_inputs()))
+        checked = []
+        for index, feeds in enumerate(feed_dicts):
+            try:
+                checked.append(self._checked(feeds, "Session.run_many"))
+            except InputError as exc:
+                raise InputError("Feed {} of {}: {}".format(index, len(feed_dicts), exc.message),
+                                 exc.hint)
+        if outputs is not None:
+            outputs = self._check_outputs(outputs)
+        many = getattr(runner, "run_many", None)
+        if many is None:
+            return run_in_threads(runner, checked, outputs, concurrency)
+        return many(checked, outputs, concurrency)
+
+    def _checked(self, feeds, caller):
+        """``feeds`` with every input checked: the caller's own dict when nothing
+        needed converting, else a copy holding the converted arrays."""
+        if type(feeds) is not dict and not isinstance(feeds, dict):
+            raise InputError("{} takes a dict of input name -> array, got {}.".format(
+                caller, type(feeds).__name__), "Inputs: {}.".format(self._describe_inputs()))
+        if feeds.keys() != self._names:
+            self._explain_names(feeds)
+        checked = feeds
+        for name, dtype, rank, static, fixed, check in self._table:
+            value = feeds[name]
+            # The common case, inline: an ndarray of the right dtype and shape passes
+            # as it is.  Anything else goes through the full check, which converts
+            # or raises.
+            if type(value) is np.ndarray and value.dtype == dtype:
+                shape = value.shape
+                if shape == static:
+                    continue
+                if len(shape) == rank:
+                    for axis, size in fixed:
+                        if shape[axis] != size:
+                            break
+                    else:
+                        continue
+            if checked is feeds:
+                checked = dict(feeds)
+            checked[name] = check(value)
+        if self._agree:
+            self._check_agreement(checked)
+        return checked
+
+    def _check_agreement(self, feeds):
+        # A dim name shared by inputs (input_ids and attention_mask: [batch, seq]) means
+        # one size.  Inputs that disagree fail inside the backend, and OpenVINO's CPU
+        # plugin (2026.4) then keeps failing on the previous good shape until another
+        # shape runs: refuse them here, where the message can say what is wrong.
+        for dim, first, first_axis, name, axis in self._agree:
+            expected, got = feeds[first].shape[first_axis], feeds[name].shape[axis]
+            if got != expected:
+                raise InputError(
+                    "Input tensor: {} | Received shape {}; dim {} ({}) is {}, but {} has {} = "
+                    "{}.".format(name, list(feeds[name].shape), axis, dim, got, first, dim,
+                                 expected),
+                    "Inputs sharing a dim name agree on its size: {}.".format(
+                        self._describe_inputs()))
+
+    def _closed(self):
+        raise UsageError("Session {!r} is closed.".format(self.name),
+                         "Load the bundle again with edgeinfer.load().")
 
     def _describe_inputs(self):
         return ", ".join(s.describe() for s in self.inputs)
@@ -201,6 +311,30 @@ class Session(object):
         return "<Session {!r} {} {} on {}>".format(
             self.name, self.manifest["precision"], self.manifest["method"],
             self.manifest["target"]["backend"])
+
+
+def _shared_dims(specs):
+    """``(dim name, first input, its axis, other input, its axis)`` for each place a
+    symbolic dim name recurs after its first (in order of the inputs)."""
+    first, pairs = {}, []
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape):
+            if not isinstance(dim, str):
+                continue
+            if dim in first:
+                pairs.append((dim,) + first[dim] + (spec.name, axis))
+            else:
+                first[dim] = (spec.name, axis)
+    return pairs
+
+
+def _check_concurrency(concurrency):
+    """Refuse a ``concurrency`` that is neither None nor a whole number >= 1."""
+    if concurrency is None:
+        return
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError("concurrency must be a whole number >= 1, not {!r}.".format(
+            concurrency), "Leave it out (None) for the backend's own choice.")
 
 
 def load(path, device=None, backend_options=None, verify=True):

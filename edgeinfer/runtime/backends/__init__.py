@@ -10,6 +10,10 @@ The contract (see DESIGN.md, "Backend"):
   ``(False, why_not)``; ``Backend.load(files, options)`` -> runner.
 * A runner has ``inputs`` and ``outputs`` (lists of :class:`~edgeinfer.tensors.TensorSpec`),
   ``run(feeds, output_names=None)`` -> dict name -> numpy array, and ``close()``.
+* Optionally, ``run_many(feed_dicts, output_names=None, concurrency=None)`` -> list of
+  such dicts in input order, for a backend with its own way of running many inputs
+  at once (OpenVINO's AsyncInferQueue).  A runner without it gets
+  :func:`run_in_threads`.  Either way the session has checked every feed first.
 """
 
 import importlib
@@ -40,6 +44,42 @@ def get_backend(name):
     except ImportError as exc:
         raise BackendError("Backend {!r} cannot be loaded: {}.".format(name, exc))
     return getattr(module, class_name)()
+
+
+def run_in_threads(runner, feed_dicts, output_names=None, concurrency=None):
+    """``run_many`` for a runner that has none: its ``run`` from a small thread pool.
+
+    Overlapping calls pay where ``run`` releases the GIL, as ONNX Runtime's does;
+    each call of such a backend already uses every core, so the default is a plain
+    loop.
+
+    Args:
+        runner: a runner (see the module docstring).
+        feed_dicts: a list of checked feed dicts.
+        output_names: outputs to return (default None: all).
+        concurrency: calls in flight at once (default None: 1, one after another).
+
+    Returns:
+        list of output dicts, in the order of ``feed_dicts``.
+
+    Raises:
+        BackendError: the backend failed on a feed; the first in order that failed
+            is named, once every call has finished.
+    """
+    count = len(feed_dicts)
+
+    def run(index):
+        try:
+            return runner.run(feed_dicts[index], output_names)
+        except BackendError as exc:
+            raise BackendError("Feed {} of {}: {}".format(index, count, exc.message), exc.hint)
+
+    workers = min(concurrency or 1, count)
+    if workers <= 1:
+        return [run(index) for index in range(count)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, range(count)))
 
 
 class LocalFiles(object):

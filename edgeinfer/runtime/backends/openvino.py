@@ -27,8 +27,15 @@ into a buffer the request already shares; larger ones are shared with OpenVINO
 as they are, and one passed again (the same array object, same shape) is not
 even re-bound, so OpenVINO reads its current contents in place: the hand-tuned
 loop's path.  The runner keeps a reference to the arrays it shares until the next
-call or ``close()``.  Outputs are copied, so the caller owns them and the next
-call cannot overwrite them.
+call or ``close()``.  Outputs are copied (by OpenVINO's binding, the cheapest
+way), so the caller owns them and the next call cannot overwrite them.
+
+``run_many`` is the throughput mode (issue 3, requirement 5): an
+``openvino.AsyncInferQueue`` keeps several requests in flight, so every stream of
+a THROUGHPUT-compiled model works at once.  Each call takes an idle queue of the
+size it asks for (or builds one) and gives it back when done, so calls from
+several threads never share one; a queue in which a request failed is dropped,
+since OpenVINO re-raises that failure on every later wait.
 """
 
 import hashlib
@@ -588,16 +595,39 @@ def _raw_infer(request):
 
     The Python wrapper's ``infer()`` re-dispatches arguments and builds a result
     dict on every call (about 4 µs on the tiny model here, issue 3); the binding
-    underneath takes ``(request, inputs, share_outputs, decode_strings)``.
+    underneath takes ``(request, inputs, share_outputs, decode_strings)`` and
+    returns a dict port -> array, in the compiled model's output order.
     """
-    for klass in type(request).__mro__:
-        if klass.__module__.startswith("openvino._pyopenvino") and "infer" in vars(klass):
-            return vars(klass)["infer"]
+    return _binding_method(request, "infer")
+
+
+def _raw_start(queue):
+    """The C++ binding's ``AsyncInferQueue.start_async(queue, inputs, userdata)``, or None.
+
+    The Python wrapper looks the idle request up again and re-dispatches its
+    inputs; the runner has already bound them to that request.
+    """
+    return _binding_method(queue, "start_async")
+
+
+def _binding_method(obj, name):
+    for klass in type(obj).__mro__:
+        if klass.__module__.startswith("openvino._pyopenvino") and name in vars(klass):
+            return vars(klass)[name]
     return None
 
 
 def _public_infer(request, inputs, share_outputs, decode_strings):
-    request.infer(inputs, share_outputs=share_outputs, decode_strings=decode_strings)
+    return request.infer(inputs, share_outputs=share_outputs, decode_strings=decode_strings)
+
+
+def _public_start(queue, inputs, userdata):
+    queue.start_async(inputs, userdata)
+
+
+# Passed as the inputs of every infer/start_async call: the runner binds inputs itself
+# (see _bind), so OpenVINO has nothing to set.  Never written to.
+_NO_INPUTS = {}
 
 
 class _Slot(object):
@@ -622,6 +652,51 @@ class _Slot(object):
             self.owned[i] = False
 
 
+class _Jobs(object):
+    """What one ``run_many`` call collects: each job's outputs, or the errors raised.
+
+    A fresh one per call, so a callback can never write into another call's
+    results; it holds no reference to the queue, so the queue (a C++ object
+    holding the callback) is not part of a reference cycle.
+    """
+
+    __slots__ = ("outputs", "wanted", "errors")
+
+    def __init__(self, count, wanted):
+        self.outputs = [None] * count
+        self.wanted = wanted
+        self.errors = []
+
+    def done(self, request, index):
+        # Runs on an OpenVINO worker thread (holding the GIL), only for jobs that
+        # succeeded; wait_all() returns after every callback has run.  Copies, so the
+        # caller owns the outputs, as with run().
+        try:
+            get = request.get_output_tensor
+            self.outputs[index] = [get(i).data.copy() for i in self.wanted]
+        except Exception as exc:  # reported by run_many, never lost on the worker thread
+            self.errors.append((index, exc))
+
+
+class _Queue(object):
+    """An ``openvino.AsyncInferQueue`` of ``jobs`` requests, one slot per request."""
+
+    __slots__ = ("queue", "slots", "start")
+
+    def __init__(self, ov, compiled, jobs, inputs):
+        self.queue = ov.AsyncInferQueue(compiled, jobs)
+        self.slots = [_Slot(self.queue[i], inputs) for i in range(jobs)]
+        self.start = _raw_start(self.queue) or _public_start
+
+    def drain(self):
+        """Wait for every request, ignoring their errors (the queue is dropped after)."""
+        for slot in self.slots:
+            try:
+                slot.request.wait()
+            except RuntimeError:
+                pass
+
+
 class OpenVinoRunner(object):
     """Runs one compiled model; the session above has already checked inputs.
 
@@ -629,6 +704,9 @@ class OpenVinoRunner(object):
         inputs, outputs: lists of TensorSpec (ONNX names, numpy dtypes, symbolic dims).
         device: the device string it was compiled for.
         compiled_model: the ``openvino.CompiledModel`` (for async/throughput use).
+        optimal_requests: OpenVINO's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` for it (1
+            under the LATENCY hint, about one per stream under THROUGHPUT): the
+            default concurrency of :meth:`run_many`.
     """
 
     def __init__(self, compiled, named, device):
@@ -637,18 +715,23 @@ class OpenVinoRunner(object):
         self.inputs = [spec_of(p, named, "input", i) for i, p in enumerate(compiled.inputs)]
         self.outputs = [spec_of(p, named, "output", i) for i, p in enumerate(compiled.outputs)]
         self._input_index = [(s.name, i, np.dtype(s.dtype)) for i, s in enumerate(self.inputs)]
-        self._all_outputs = [(s.name, i) for i, s in enumerate(self.outputs)]
-        self._output_index = dict(self._all_outputs)
+        self._output_names = [s.name for s in self.outputs]
+        self._output_index = dict((n, i) for i, n in enumerate(self._output_names))
         try:
             count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except Exception:
             count = 1
+        self.optimal_requests = max(1, count)
         count = max(1, min(count, os.cpu_count() or 1, 16))
         self._slots = [_Slot(compiled.create_infer_request(), len(self.inputs))
                        for _ in range(count)]
         self._turn = itertools.count()
-        self._tensor = require("openvino").Tensor
+        self._ov = require("openvino")
+        self._tensor = self._ov.Tensor
         self._infer = _raw_infer(self._slots[0].request) or _public_infer
+        # Idle AsyncInferQueues by size; each run_many takes one for itself (see run_many).
+        self._queues = {}
+        self._queues_lock = threading.Lock()
 
     def _acquire(self):
         slots = self._slots
@@ -662,6 +745,36 @@ class OpenVinoRunner(object):
         slot.lock.acquire()
         return slot
 
+    def _bind(self, slot, feeds):
+        """Point ``slot``'s request at ``feeds``, doing as little as each input allows.
+
+        The caller's array bound last time is left alone (OpenVINO reads it in
+        place); a small input is copied into the buffer the request already
+        shares; anything else is bound anew, which costs the plugin's tensor checks.
+        """
+        request = slot.request
+        bound, shapes, owned = slot.bound, slot.shapes, slot.owned
+        for name, index, dtype in self._input_index:
+            value = feeds[name]
+            shape = value.shape
+            if shape == shapes[index]:
+                if value is bound[index]:
+                    continue
+                if owned[index] and value.nbytes <= COPY_LIMIT:
+                    bound[index][...] = value  # cheaper than np.copyto for small arrays
+                    continue
+            if value.nbytes <= COPY_LIMIT:
+                value = np.array(value, dtype=dtype, order="C")  # this slot's buffer
+                owned[index] = True
+            else:
+                flags = value.flags
+                if not (flags.c_contiguous and flags.writeable):
+                    value = np.array(value, dtype=dtype, order="C")  # OpenVINO shares
+                owned[index] = False                                # only such arrays
+            request.set_input_tensor(index, self._tensor(value, shared_memory=True))
+            bound[index] = value
+            shapes[index] = shape
+
     def run(self, feeds, output_names=None):
         """Run on ``feeds`` (name -> numpy array of the right dtype).
 
@@ -670,44 +783,31 @@ class OpenVinoRunner(object):
 
         Raises:
             BackendError: OpenVINO fails on these inputs.
+            UsageError: the runner was closed.
         """
-        slot = self._acquire()
+        slots = self._slots
+        slot = slots[0] if slots else None
+        if slot is None or not slot.lock.acquire(False):
+            slot = self._acquire()
         try:
+            self._bind(slot, feeds)
             request = slot.request
-            bound, shapes, owned = slot.bound, slot.shapes, slot.owned
-            for name, index, dtype in self._input_index:
-                value = feeds[name]
-                shape = value.shape
-                if shape == shapes[index]:
-                    if value is bound[index]:
-                        # The caller's array bound last time: OpenVINO reads it in place.
-                        continue
-                    if owned[index] and value.nbytes <= COPY_LIMIT:
-                        np.copyto(bound[index], value)
-                        continue
-                if value.nbytes <= COPY_LIMIT:
-                    value = np.array(value, dtype=dtype, order="C")  # this slot's buffer
-                    owned[index] = True
-                else:
-                    flags = value.flags
-                    if not (flags.c_contiguous and flags.writeable):
-                        value = np.array(value, dtype=dtype, order="C")  # OpenVINO shares
-                    owned[index] = False                                # only such arrays
-                request.set_input_tensor(index, self._tensor(value, shared_memory=True))
-                bound[index] = value
-                shapes[index] = shape
             try:
-                self._infer(request, {}, True, True)
+                # share_outputs=False: the binding copies the outputs into arrays the
+                # caller owns, cheaper than copying views of the output tensors here.
+                values = self._infer(request, _NO_INPUTS, False, True).values()
             except TypeError:
                 # A binding whose signature changed: use the public wrapper from now on.
                 self._infer = _public_infer
-                request.infer(share_outputs=True)
-            get = request.get_output_tensor
-            results = {}
-            for name, index in (self._all_outputs if output_names is None else
-                                [(n, self._output_index[n]) for n in output_names]):
-                results[name] = get(index).data.copy()
-            return results
+                values = _public_infer(request, _NO_INPUTS, False, True).values()
+            names = self._output_names
+            if len(values) != len(names):  # ports the result dict could not tell apart
+                get = request.get_output_tensor
+                values = [get(i).data.copy() for i in range(len(names))]
+            if output_names is None:
+                return dict(zip(names, values))
+            values, index = list(values), self._output_index
+            return dict((name, values[index[name]]) for name in output_names)
         except RuntimeError as exc:
             slot.forget()  # bind afresh next time: OpenVINO may have refused these
             raise BackendError("OpenVINO failed to run the model on {}: {}".format(
@@ -716,7 +816,88 @@ class OpenVinoRunner(object):
         finally:
             slot.lock.release()
 
+    def run_many(self, feed_dicts, output_names=None, concurrency=None):
+        """Run each feed dict, up to ``concurrency`` at once, with an AsyncInferQueue.
+
+        The jobs go through OpenVINO's own asynchronous requests, so under the
+        THROUGHPUT hint each stream works on its own input (issue 3, requirement
+        5): a Python loop of :meth:`run` keeps only one stream busy.  Inputs are
+        bound as :meth:`run` binds them; a callback on OpenVINO's thread copies
+        each job's outputs.
+
+        Args:
+            feed_dicts: a list of dicts name -> numpy array of the right dtype.
+            output_names: outputs to return (default None: all, in model order).
+            concurrency: requests in flight (default None: :attr:`optimal_requests`).
+
+        Returns:
+            list of dicts output name -> numpy array, in the order of ``feed_dicts``.
+
+        Raises:
+            BackendError: OpenVINO fails on one of the feeds (the first such is named).
+            UsageError: the runner was closed.
+        """
+        if not self._slots:
+            raise UsageError("This OpenVINO runner is closed.", "Load the bundle again.")
+        if not feed_dicts:
+            return []
+        jobs = int(concurrency or self.optimal_requests)
+        wanted = (range(len(self._output_names)) if output_names is None else
+                  [self._output_index[n] for n in output_names])
+        names = self._output_names if output_names is None else list(output_names)
+        state = _Jobs(len(feed_dicts), wanted)
+        queue = self._checkout(jobs)
+        failed = None
+        try:
+            aiq, slots, start = queue.queue, queue.slots, queue.start
+            aiq.set_callback(state.done)
+            for index, feeds in enumerate(feed_dicts):
+                idle = aiq.get_idle_request_id()  # blocks until one is free (GIL released)
+                self._bind(slots[idle], feeds)
+                try:
+                    start(aiq, _NO_INPUTS, index)  # takes that same idle request
+                except TypeError:
+                    # A binding whose signature changed: the public wrapper from now on.
+                    queue.start = start = _public_start
+                    start(aiq, _NO_INPUTS, index)
+            aiq.wait_all()
+        except RuntimeError as exc:
+            # A request that failed keeps raising in this queue: finish what is in
+            # flight and drop the queue; the next call builds a fresh one.
+            failed = exc
+            queue.drain()
+        except BaseException:  # e.g. KeyboardInterrupt: no job may outlive its queue
+            queue.drain()
+            raise
+        # The queue keeps its callback, and so this state, until the next call.
+        outputs, state.outputs = state.outputs, []
+        if failed is None and not state.errors:
+            self._checkin(jobs, queue)
+            return [dict(zip(names, values)) for values in outputs]
+        if state.errors:
+            index, failed = state.errors[0]
+        else:  # jobs start in order, so the first without outputs is the first that failed
+            index = next((i for i, values in enumerate(outputs) if values is None), 0)
+        raise BackendError("Feed {} of {}: OpenVINO failed to run the model on {}: {}".format(
+            index, len(feed_dicts), self.device, _first_line(failed)),
+            "Inputs: {}.".format(", ".join(s.describe() for s in self.inputs)))
+
+    def _checkout(self, jobs):
+        """An idle queue of ``jobs`` requests, this call's alone (built if none is idle)."""
+        with self._queues_lock:
+            idle = self._queues.get(jobs)
+            if idle:
+                return idle.pop()
+        return _Queue(self._ov, self.compiled_model, jobs, len(self.inputs))
+
+    def _checkin(self, jobs, queue):
+        with self._queues_lock:
+            if self._slots:  # not closed meanwhile
+                self._queues.setdefault(jobs, []).append(queue)
+
     def close(self):
         """Release the compiled model and its requests (and the inputs they hold)."""
         self._slots = []
+        with self._queues_lock:
+            self._queues = {}
         self.compiled_model = None

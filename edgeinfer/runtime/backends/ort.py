@@ -1,5 +1,7 @@
 """ONNX Runtime backend: runs ONNX models on the CPU (or any ORT execution provider)."""
 
+import re
+
 from ...errors import BackendError, UsageError
 from ...lazy import require
 from ...tensors import ORT_TO_NUMPY, TensorSpec
@@ -119,6 +121,19 @@ class OrtBackend(object):
         return OrtRunner(session)
 
 
+def run_errors():
+    """The exception classes ONNX Runtime raises when a run fails (its own, not exported
+    at the top level: ``Fail``, ``InvalidArgument``, ``RuntimeException`` ...).
+
+    An ONNX Runtime that keeps them elsewhere gives an empty tuple: its errors then
+    pass through unchanged rather than the runner failing to load.
+    """
+    ort = require("onnxruntime")
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    return tuple(v for v in vars(state).values()
+                 if isinstance(v, type) and issubclass(v, Exception)) if state else ()
+
+
 class OrtRunner(object):
     """Runs one ``InferenceSession``; the session above has already checked inputs."""
 
@@ -127,10 +142,23 @@ class OrtRunner(object):
         self.inputs = [spec_of(a) for a in session.get_inputs()]
         self.outputs = [spec_of(a) for a in session.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
+        self._errors = run_errors()
 
     def run(self, feeds, output_names=None):
+        """Run on ``feeds`` (name -> numpy array of the right dtype).
+
+        Raises:
+            BackendError: ONNX Runtime fails on these inputs (e.g. inputs whose
+                symbolic dims disagree with each other).
+        """
         names = output_names or self._output_names
-        return dict(zip(names, self._session.run(names, feeds)))
+        try:
+            return dict(zip(names, self._session.run(names, feeds)))
+        except self._errors as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError("ONNX Runtime failed to run the model: {}".format(
+                re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)),
+                "Inputs: {}.".format(", ".join(s.describe() for s in self.inputs)))
 
     def close(self):
         self._session = None
