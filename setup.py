@@ -21,6 +21,8 @@ def version():
 # nncf: the OpenVINO INT8 recipes (quantize, compress_weights with INT8_ASYM: 2.9+); the
 # OpenVINO IR itself needs the [openvino] extra as well.
 CONVERT = ["onnx>=1.14", "onnxruntime>=1.17", "onnxconverter-common>=1.14", "nncf>=2.9"]
+SERVE = ["starlette>=0.29", "uvicorn>=0.22", "httptools>=0.5", "uvloop>=0.17",
+         "python-multipart>=0.0.6"]
 
 EXTRAS = {
     # device side: one backend each
@@ -28,12 +30,24 @@ EXTRAS = {
     "openvino": ["openvino>=2024.0"],
     # workstation side
     "convert": CONVERT,
+    # TensorRT comes with JetPack (python3-libnvinfer), never from pip on a Jetson: this
+    # brings the CUDA binding its runner needs, pycuda on JetPack 4.6's Python 3.6 and
+    # cuda-python (NVIDIA's own) on the Pythons of JetPack 5 and 6.
+    "tensorrt": ["pycuda>=2020.1; python_version < '3.8'",
+                 "cuda-python>=11.4; python_version >= '3.8'"],
     # PNG plots (compare --per-layer --plot; bench plots)
     "report": ["matplotlib>=3.3"],
+    # the result cache: Redis tier (L3), and fast XXH3 keys (else hashlib's blake2b)
+    "redis": ["redis>=4.1"],
+    "cache": ["xxhash>=2.0"],
+    # the HTTP server: Starlette on uvicorn; httptools and uvloop are uvicorn's fast
+    # HTTP parser and event loop; python-multipart reads /classify's image uploads.
+    "serve": SERVE,
     # development: tests, version checks, and the demo model's training script.
     # torch is pinned exactly: any other requirement pulls a multi-GB CUDA build here.
     "dev": CONVERT + ["openvino>=2024.0", "pytest>=7", "vermin>=1.6", "scikit-learn>=1.0",
-                      "matplotlib>=3.3", "torch==2.13.0"],
+                      "matplotlib>=3.3", "torch==2.13.0", "redis>=4.1", "xxhash>=2.0"]
+    + SERVE + ["tritonclient[http]>=2.30", "hypothesis>=6"],
 }
 
 setup(

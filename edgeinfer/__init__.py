@@ -6,12 +6,16 @@ Public API::
                                calibration="calibration/x")
     session = edgeinfer.load("model.eib")
     outputs = session.run({"input": x})
+
+    cache = edgeinfer.Cache(memory_mb=64, disk_dir="/var/cache/edgeinfer")
+    session = edgeinfer.load("model.eib", cache=cache)   # repeats answered from the cache
 """
 
 __version__ = "0.1.0"
 
 from .bundle import Bundle  # noqa: E402
 from .errors import EdgeInferError  # noqa: E402
+from .runtime.cache import Cache  # noqa: E402
 from .runtime.session import Session, load  # noqa: E402
 
 
@@ -25,4 +29,4 @@ def convert(model, **kwargs):
     return _convert(model, **kwargs)
 
 
-__all__ = ["Bundle", "EdgeInferError", "Session", "convert", "load", "__version__"]
+__all__ = ["Bundle", "Cache", "EdgeInferError", "Session", "convert", "load", "__version__"]

@@ -20,20 +20,26 @@ import tempfile
 import zipfile
 
 from .errors import BundleError, UsageError
+from .partitions import validate_partitions
 from .tensors import specs_from_dicts
 
 FORMAT = "edgeinfer-bundle"
-FORMAT_VERSION = 1
+# 2: sharded bundles (manifest "partitions", issue 7).  Unsharded bundles are still
+# written as 1, so an edgeinfer from before sharding reads them; it refuses version 2.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
 # Top-level manifest keys: required ones, then optional ones.  Unknown keys are
-# refused so a misspelt field is never silently ignored.
+# refused so a misspelt field is never silently ignored.  ``deterministic``:
+# false marks a model whose outputs vary between runs, which sessions then never
+# cache (issue 6, requirement 7).
 REQUIRED_KEYS = ("format", "format_version", "name", "model", "target", "precision", "method",
                  "inputs", "outputs", "files", "versions")
 OPTIONAL_KEYS = ("created", "source", "quantization", "preprocess", "classes", "partitions",
-                 "calibration", "validation", "notes", "accuracy_control", "engine")
+                 "calibration", "validation", "notes", "accuracy_control", "engine",
+                 "deterministic")
 
 
 def sha256_of(source):
@@ -89,6 +95,10 @@ def validate_manifest(manifest, where="(in memory)"):
             where, ", ".join(unknown)), "It was written by another edgeinfer; convert again.")
     specs_from_dicts(manifest["inputs"])
     specs_from_dicts(manifest["outputs"])
+    if not isinstance(manifest.get("deterministic", True), bool):
+        raise BundleError("Bundle {} manifest has 'deterministic': {!r}, not true or false.".format(
+            where, manifest["deterministic"]), "false marks a model whose results must not be "
+            "cached; leave it out otherwise.")
     target = manifest["target"]
     if not isinstance(target, dict) or not isinstance(target.get("backend"), str):
         raise BundleError("Bundle {} manifest has no target backend.".format(where))
@@ -112,6 +122,7 @@ def validate_manifest(manifest, where="(in memory)"):
     if manifest["model"] not in names:
         raise BundleError("Bundle {} names model file {!r}, which it does not hold.".format(
             where, manifest["model"]))
+    validate_partitions(manifest, where)
     return manifest
 
 

@@ -238,3 +238,21 @@ def read_cache(path):
         raise DataError("Cannot read calibration cache {}: {}.".format(path, exc.strerror),
                         "Check the path.")
     return parse_cache(data, where="Calibration cache {}".format(path))
+
+
+def version_text(code):
+    """The version string of a TensorRT version integer, e.g. ``8201`` -> ``"8.2.1"``.
+
+    The inverse of :func:`version_code`: codes of TensorRT 10 and later have six
+    digits (``100300`` -> ``"10.3.0"``).  TensorRT's C function
+    ``getInferLibVersion()`` returns such a code.
+
+    Raises:
+        DataError: not a code TensorRT writes.
+    """
+    if isinstance(code, bool) or not isinstance(code, int) or code < 1000:
+        raise DataError("{!r} is not a TensorRT version code.".format(code),
+                        "Expected e.g. 8201 (8.2.1) or 100300 (10.3.0).")
+    if code >= 100000:
+        return "{}.{}.{}".format(code // 10000, code // 100 % 100, code % 100)
+    return "{}.{}.{}".format(code // 1000, code // 100 % 10, code % 100)

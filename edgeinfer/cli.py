@@ -182,6 +182,42 @@ def compare(model, bundle, eval_data, eval_size, per_layer, calibration, calibra
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--budget-mb", type=float, required=True,
+              help="MiB of weights one partition may hold (what the device can spare).")
+@click.option("-o", "--output", type=click.Path(), help="The .eib bundle to write.")
+@click.option("-t", "--target", default="cpu", show_default=True,
+              help="cpu (this machine's CPU) or an ONNX Runtime profile: x86-cpu, arm64-cpu.")
+@click.option("-p", "--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("-m", "--method", default="auto", show_default=True,
+              type=click.Choice(["auto", "static", "dynamic"]),
+              help="INT8 method, as for convert (static calibrates each partition on the "
+                   "outputs of the FP32 partitions before it).")
+@click.option("-c", "--calibration", type=click.Path(),
+              help="Calibration data (INT8 static): image folder, .npz, or .npy/.npz folder.")
+@click.option("-e", "--eval", "eval_data", type=click.Path(),
+              help="Evaluation data (default: 32 random inputs).")
+@click.option("--calibration-size", default=500, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--name", help="Model name in the bundle (default: file name).")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+def shard(model, budget_mb, output, target, precision, method, calibration, eval_data,
+          calibration_size, batch_size, name, overwrite):
+    """Cut MODEL into partitions within --budget-mb of weights; write one bundle.
+
+    Works for models over 2 GB (external data): weights are streamed, never all loaded.
+    """
+    from .conversion import convert as run_convert
+    from .report import describe_bundle
+    bundle = run_convert(model, target=target, precision=precision, method=method,
+                         calibration=calibration, eval=eval_data, output=output, name=name,
+                         overwrite=overwrite, calibration_size=calibration_size,
+                         batch_size=batch_size, shard_budget_mb=budget_mb)
+    click.echo(describe_bundle(bundle, brief=True))
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip hashing the files (faster).")
@@ -206,8 +242,22 @@ def inspect(bundle, as_json, no_verify):
 @click.option("--overwrite", is_flag=True, help="Replace the --save file if it exists.")
 @click.option("--device",
               help="Where to run: CPU (default), GPU, NPU, AUTO, HETERO:GPU,CPU for OpenVINO "
-                   "bundles; cpu or cuda for ONNX Runtime ones (`edgeinfer doctor` lists them).")
-def run(bundle, inputs, top_k, save, overwrite, device):
+                   "bundles; cpu or cuda for ONNX Runtime ones; gpu (default) or dla:0 for "
+                   "TensorRT ones (`edgeinfer doctor` lists them).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache results on disk in this folder (created 0700); repeats of an input, "
+                   "in this run or a later one, skip the model.")
+@click.option("--cache-mb", type=float,
+              help="Cache size in MiB: the disk folder's limit (default 1024), and the memory "
+                   "tier's (at most 64). Alone: a memory cache for this run.")
+@click.option("--redis", "redis_url", metavar="URL",
+              help="Share results through Redis, e.g. redis://127.0.0.1:6379/0 "
+                   "(needs edgeinfer[redis]).")
+@click.option("--stream", is_flag=True,
+              help="Sharded bundles: keep at most the shard budget of partitions loaded "
+                   "(load, run, release; the next one loads while one runs).")
+def run(bundle, inputs, top_k, save, overwrite, device, cache_dir, cache_mb, redis_url,
+        stream):
     """Run BUNDLE on INPUTS (images, .npy or .npz files) and print the results."""
     from .errors import UsageError
     from .preprocess import Preprocess
@@ -217,7 +267,8 @@ def run(bundle, inputs, top_k, save, overwrite, device):
     if save and os.path.exists(save) and not overwrite:
         raise UsageError("Output {!r} already exists.".format(save),
                          "Choose another name, or pass --overwrite.")
-    session = load(bundle, device=device)
+    cache = _cache_from_options(cache_dir, cache_mb, redis_url)
+    session = load(bundle, device=device, cache=cache, shard_mode="stream" if stream else None)
     recorded = session.manifest.get("preprocess")
     preprocess = Preprocess.from_dict(recorded) if recorded else None
     saved = {}
@@ -232,6 +283,78 @@ def run(bundle, inputs, top_k, save, overwrite, device):
             saved["{}/{}".format(key, name)] = value
     if save:
         _save_npz(save, saved)
+    if cache is not None:
+        _report_cache(cache)
+        cache.close()
+
+
+def _cache_from_options(cache_dir, cache_mb, redis_url):
+    """The Cache that --cache-dir/--cache-mb/--redis ask for, or None (no cache)."""
+    if cache_dir is None and cache_mb is None and redis_url is None:
+        return None
+    from .errors import UsageError
+    from .runtime.cache import Cache
+    if cache_mb is not None and not cache_mb > 0:
+        raise UsageError("--cache-mb must be more than 0, not {:g}.".format(cache_mb),
+                         "It is the cache size in MiB, e.g. --cache-mb 256.")
+    size = 1024.0 if cache_mb is None else cache_mb
+    cache = Cache(memory_mb=min(64.0, size), disk_dir=cache_dir, disk_mb=size,
+                  redis_url=redis_url)
+    for warning in cache.stats()["warnings"]:
+        logging.getLogger("edgeinfer").warning("warning: %s", warning)
+    return cache
+
+
+def _report_cache(cache):
+    """One line on stderr: what the cache answered, and any tier trouble."""
+    stats = cache.stats()
+    tiers = ", ".join("{} {}".format(name, info.get("hits", 0))
+                      for name, info in stats["tiers"].items())
+    log = logging.getLogger("edgeinfer")
+    log.info("cache: %d hits (%s), %d misses", stats["hits"], tiers, stats["misses"])
+    for warning in stats["warnings"]:
+        log.warning("warning: %s", warning)
+
+
+@main.group(context_settings=CONTEXT)
+def cache():
+    """Look at or clear a result cache (--cache-dir and/or --redis)."""
+
+
+def _cache_target_options(func):
+    func = click.option("--namespace", default="edgeinfer", show_default=True,
+                        help="Redis key prefix.")(func)
+    func = click.option("--redis", "redis_url", metavar="URL", help="A Redis cache tier.")(func)
+    return click.option("--cache-dir", type=click.Path(file_okay=False),
+                        help="A disk cache folder.")(func)
+
+
+@cache.command("stats", context_settings=CONTEXT)
+@_cache_target_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cache_stats(cache_dir, redis_url, namespace, as_json):
+    """What a cache holds: entries, bytes, size limit, and entries per model."""
+    from .runtime.cache import admin
+    report = admin.inspect(cache_dir, redis_url, namespace)
+    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json
+               else admin.describe(report))
+
+
+@cache.command("clear", context_settings=CONTEXT)
+@_cache_target_options
+@click.option("--model", "bundle", type=click.Path(dir_okay=False),
+              help="Clear only this bundle's entries (default: all).")
+def cache_clear(cache_dir, redis_url, namespace, bundle):
+    """Remove cached results: all of them, or one bundle's (--model)."""
+    from .runtime.cache import admin
+    model = None
+    if bundle is not None:
+        from .bundle import Bundle
+        from .runtime.cache import model_hash
+        model = model_hash(Bundle.open(bundle, verify=False).manifest)
+    removed = admin.clear(cache_dir, redis_url, model, namespace)
+    click.echo("\n".join("cleared {} {} entries".format(count, name)
+                         for name, count in removed.items()))
 
 
 def _save_npz(path, arrays):
@@ -248,6 +371,134 @@ def _save_npz(path, arrays):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0: any free).")
+@click.option("--device", help="Where to run the models (as for `edgeinfer run`).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache results on disk in this folder (as for `edgeinfer run`).")
+@click.option("--cache-mb", type=float, help="Result cache size in MiB (as for `edgeinfer run`).")
+@click.option("--redis", "redis_url", metavar="URL", help="Share results through Redis.")
+@click.option("--max-batch", default=1, show_default=True, type=int,
+              help="Dynamic batching: most rows stacked into one run (1: off). Only for "
+                   "models whose inputs have a symbolic batch dim.")
+@click.option("--max-delay-ms", default=0.0, show_default=True, type=float,
+              help="Longest a request waits for others to stack with.")
+@click.option("--max-queue", default=64, show_default=True, type=int,
+              help="Requests waiting per model before answering 503 + Retry-After.")
+@click.option("--instances", default=1, show_default=True, type=int,
+              help="Runs of each model in flight at once (threads).")
+@click.option("--backend-option", "backend_option", multiple=True, metavar="KEY=VALUE",
+              help="A backend option for every model, e.g. intra_op_threads=1 (ONNX Runtime; "
+                   "with --instances 2 on a 2-core board). Repeatable.")
+@click.option("--timeout-s", default=30.0, show_default=True, type=float,
+              help="Per-request limit on queueing plus running (504 after).")
+@click.option("--body-timeout-s", default=30.0, show_default=True, type=float,
+              help="Longest a client may take to send its request body (408 after).")
+@click.option("--max-body-mb", default=64.0, show_default=True, type=float,
+              help="Largest request body (413 beyond).")
+@click.option("--max-connections", default=1000, show_default=True, type=int,
+              help="Open connections beyond which new ones get 503.")
+@click.option("--drain-s", default=10.0, show_default=True, type=float,
+              help="On SIGTERM/Ctrl-C, longest wait for in-flight requests.")
+def serve(bundles, host, port, device, cache_dir, cache_mb, redis_url, max_batch, max_delay_ms,
+          max_queue, instances, backend_option, timeout_s, body_timeout_s, max_body_mb,
+          max_connections, drain_s):
+    """Serve BUNDLES over HTTP: KServe v2 / Open Inference Protocol.
+
+    Triton's clients work unchanged (JSON and binary tensors); metrics at /metrics.
+    Needs `pip install edgeinfer[serve]`.
+    """
+    from .serve import serve as run_server
+    from .serve.app import Options
+    options = Options(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                      instances=instances, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                      drain_s=drain_s,
+                      max_body_bytes=int(max_body_mb * 1024 * 1024))
+    load_options = {"device": device} if device else {}
+    if backend_option:
+        load_options["backend_options"] = _key_values(backend_option, "--backend-option")
+    cache = _cache_from_options(cache_dir, cache_mb, redis_url)
+    run_server(bundles, host=host, port=port, cache=cache, options=options,
+               load_options=load_options, max_connections=max_connections)
+
+
+def _key_values(items, what):
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``: values read as JSON when they parse."""
+    from .errors import UsageError
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError("{} takes KEY=VALUE, not {!r}.".format(what, item),
+                             "Example: {} intra_op_threads=1.".format(what))
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.argument("destination")
+@click.option("--warm", is_flag=True,
+              help="Load the bundle once on the device after the copy, so its TensorRT engine "
+                   "is built now (needs edgeinfer there).")
+@click.option("--overwrite", is_flag=True, help="Replace a different file of the same name.")
+@click.option("-p", "--port", type=int, help="ssh port (default: ssh's, or ~/.ssh/config's).")
+@click.option("-i", "--identity", type=click.Path(dir_okay=False), help="ssh private key file.")
+@click.option("-o", "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra ssh option, as ssh -o takes it (repeatable).")
+@click.option("--via", default="auto", show_default=True,
+              type=click.Choice(["auto", "rsync", "scp"]),
+              help="Copy with rsync (when both ends have it) or scp.")
+@click.option("--remote-edgeinfer", default="edgeinfer", show_default=True, metavar="CMD",
+              help="The command that runs edgeinfer on the device, for --warm.")
+def push(bundle, destination, warm, overwrite, port, identity, ssh_options, via,
+         remote_edgeinfer):
+    """Copy BUNDLE to DESTINATION (user@host:/folder/ or a local folder), checked on arrival.
+
+    The copy goes over ssh with rsync or scp under a temporary name, its sha256 is
+    computed on the device, and only a matching file is renamed into place.
+    """
+    from .push import push as run_push
+    result = run_push(bundle, destination, warm=warm, overwrite=overwrite, port=port,
+                      identity=identity, ssh_options=ssh_options, via=via,
+                      remote_edgeinfer=remote_edgeinfer)
+    done = {"none": "already there, identical", "copy": "copied", "rsync": "copied with rsync",
+            "scp": "copied with scp"}[result.method]
+    click.echo("pushed {} to {} (sha256 {}... verified on arrival; {}{})".format(
+        os.path.basename(bundle), result.destination, result.sha256[:12], done,
+        "; warmed up" if result.warmed else ""))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.option("--device", help="Where to run, as for `edgeinfer run`.")
+def warm(bundle, device):
+    """Load BUNDLE once and run it on zeros: builds and caches its TensorRT engine."""
+    import time
+    import numpy as np
+    from .runtime.session import load
+    started = time.time()
+    session = load(bundle, device=device)
+    loaded = time.time() - started
+    # The smallest shapes the engine takes (its optimization profile's min), else batch 1.
+    smallest = dict((p["input"], p["min"]) for p in
+                    (session.manifest.get("engine") or {}).get("profiles") or ())
+    feeds = dict((s.name, np.zeros(tuple(smallest.get(s.name) or s.concrete_shape()), s.dtype))
+                 for s in session.inputs)
+    started = time.time()
+    session.run(feeds)
+    first = time.time() - started
+    session.close()
+    click.echo("{} ready on {}: loaded in {:.2f} s, first inference {:.1f} ms".format(
+        bundle, session.manifest["target"]["backend"], loaded, first * 1000))
 
 
 @main.command(context_settings=CONTEXT)

@@ -1,12 +1,13 @@
 """`edgeinfer doctor`: what this machine can run, how fast INT8 can be here, and with which
-backend."""
+backend; on a Jetson, its model, JetPack, TensorRT, fast precisions and power mode."""
 
 import importlib
 import platform
 import sys
 
-from .profiles import (cpu_class, cpu_features, int8_backend_advice, int8_measurements,
-                       jetson_info, machine_arch)
+from .jetson import read_jetson
+from .profiles import (PROFILES, cpu_class, cpu_features, int8_backend_advice,
+                       int8_measurements, machine_arch)
 
 # Backends a device may have, with what to report about each.
 KNOWN_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -76,8 +77,89 @@ def int8_backend_picks(features, backends):
     return picks
 
 
-def collect():
-    """Everything doctor reports, as a JSON-serialisable dict."""
+def jetson_report(tensorrt_version=None, root="/"):
+    """What this Jetson is and can do, or None on anything else.
+
+    Args:
+        tensorrt_version: TensorRT's Python package version here (default None: not
+            importable; the ``libnvinfer`` library's version is read instead).
+        root: the file-system root to read the Jetson's files from (default ``/``).
+
+    Returns:
+        dict: ``model``, ``l4t``, ``jetpack``, ``cuda``, ``profile`` (edgeinfer's
+        profile name or None), ``gpu`` (architecture and compute capability),
+        ``fast`` (precisions fast here, from the profile), ``int8_note``,
+        ``tensorrt`` (installed, or None), ``tensorrt_expected`` (what the JetPack
+        ships), ``cuda_binding`` (``cuda-python``, ``pycuda`` or None) and
+        ``power_mode``.
+    """
+    info = read_jetson(root)
+    if info is None:
+        return None
+    from .runtime.backends.tensorrt import cuda_binding_name, library_version
+    profile = PROFILES.get(info.profile) if info.profile else None
+    jetpack = info.jetpack
+    return {
+        "model": info.model, "l4t": info.l4t, "release": info.release,
+        "jetpack": jetpack.jetpack if jetpack else None, "cuda": jetpack.cuda if jetpack else None,
+        "profile": info.profile,
+        "gpu": {"arch": profile.gpu_arch, "compute": profile.compute_capability}
+        if profile else None,
+        "fast": [p for p in profile.precisions if p != "fp32"] if profile else None,
+        "int8_note": profile.int8_note if profile else None,
+        "tensorrt": tensorrt_version or library_version(),
+        "tensorrt_python": tensorrt_version is not None,
+        "tensorrt_expected": jetpack.tensorrt if jetpack else (
+            profile.tensorrt if profile else None),
+        "cuda_binding": cuda_binding_name(),
+        "power_mode": info.power_mode,
+    }
+
+
+def format_jetson(jetson):
+    """doctor's lines about a Jetson (from :func:`jetson_report`)."""
+    if not jetson:
+        return ["jetson     not a Jetson"]
+    release = "L4T {}".format(jetson["l4t"]) if jetson["l4t"] else "L4T unknown"
+    if jetson["jetpack"]:
+        release += " = JetPack {} (TensorRT {}, CUDA {})".format(
+            jetson["jetpack"], jetson["tensorrt_expected"], jetson["cuda"])
+    lines = ["jetson     {}: {}".format(jetson["model"] or "unknown model", release)]
+    if jetson["profile"]:
+        gpu = jetson["gpu"]
+        fast = jetson["fast"]
+        line = "           profile {}: {} GPU sm_{}; fast here: {}".format(
+            jetson["profile"], gpu["arch"], gpu["compute"].replace(".", ""),
+            ", ".join(p.upper() for p in fast))
+        if "int8" not in fast:
+            line += "; INT8 not: {}".format(jetson["int8_note"] or "no fast INT8 path")
+        lines.append(line)
+    else:
+        lines.append("           no edgeinfer profile for this module: convert with the profile "
+                     "of the closest Jetson (`edgeinfer convert --help`)")
+    if jetson["tensorrt"]:
+        where = "Python package" if jetson["tensorrt_python"] else \
+            "library only; `sudo apt install python3-libnvinfer` for the Python package"
+        lines.append("           tensorrt {} ({})".format(jetson["tensorrt"], where))
+    else:
+        lines.append("           tensorrt missing: it comes with JetPack (`sudo apt install "
+                     "nvidia-tensorrt`)")
+    lines.append("           cuda binding {}".format(
+        jetson["cuda_binding"] or "missing: `pip3 install pycuda` (JetPack 4.6) or "
+        "`pip3 install cuda-python` (JetPack 5/6)"))
+    mode = jetson["power_mode"]
+    if mode:
+        lines.append("           power mode {}{}".format(
+            mode["id"], " ({})".format(mode["name"]) if mode["name"] else ""))
+    return lines
+
+
+def collect(root="/"):
+    """Everything doctor reports, as a JSON-serialisable dict.
+
+    Args:
+        root: where to read a Jetson's files from (default ``/``; tests give a fixture).
+    """
     features = cpu_features()
     backends = {}
     for name in KNOWN_BACKENDS:
@@ -94,7 +176,7 @@ def collect():
         "platform": platform.platform(),
         "arch": machine_arch(),
         "cpu": features,
-        "jetson": jetson_info(),
+        "jetson": jetson_report(backends["tensorrt"]["version"], root),
         "backends": backends,
         "int8_backend": {"cpu_class": cpu_class(features),
                          "picks": int8_backend_picks(features, backends),
@@ -111,10 +193,8 @@ def format_report(report):
              "platform   {}".format(report["platform"]),
              "cpu        {} ({} cores, {})".format(cpu.get("model"), cpu.get("cores"),
                                                     report["arch"]),
-             "features   {}".format(" ".join(flags) or "none of avx2/vnni/neon/dotprod"),
-             "jetson     {}".format(
-                 "{} ({})".format(report["jetson"]["model"], report["jetson"]["l4t"])
-                 if report["jetson"] else "not a Jetson")]
+             "features   {}".format(" ".join(flags) or "none of avx2/vnni/neon/dotprod")]
+    lines.extend(format_jetson(report["jetson"]))
     for name, info in report["backends"].items():
         state = info["version"] if info["available"] else "missing"
         lines.append("{:<10} {}  {}".format(name, state, info["detail"]).rstrip())

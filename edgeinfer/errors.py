@@ -47,6 +47,10 @@ class BundleError(EdgeInferError):
     """A .eib bundle that is corrupt, tampered, unsafe or incompatible."""
 
 
+class TransferError(EdgeInferError):
+    """A bundle that could not be copied to a device (``edgeinfer push``)."""
+
+
 class InputError(EdgeInferError):
     """Inputs given to a session that do not match the model's inputs."""
 
@@ -57,6 +61,10 @@ class BackendError(EdgeInferError):
 
 class MissingDependency(BackendError):
     """An optional package is not installed; the hint names the extra."""
+
+
+class CacheError(EdgeInferError):
+    """A result cache that cannot be read or changed as asked (``edgeinfer cache``)."""
 
 
 class ConversionError(EdgeInferError):

@@ -17,11 +17,17 @@ EXTRAS = {
     "openvino": "openvino",
     "nncf": "convert",
     "tensorrt": "tensorrt",
+    # the CUDA bindings TensorRT's runner moves data with (one of them is enough)
+    "cuda": "tensorrt",
+    "pycuda": "tensorrt",
     "torch": "qat",
     "redis": "redis",
     "xxhash": "cache",
     "matplotlib": "report",
     "psutil": "bench",
+    # the HTTP server (edgeinfer serve)
+    "starlette": "serve",
+    "uvicorn": "serve",
 }
 
 

@@ -35,3 +35,29 @@ def reset_peak():
         return True
     except OSError:
         return False
+
+
+def system_memory_mb(path="/proc/meminfo"):
+    """Memory the system can still give, in MiB: ``{"available": ..., "swap_free": ...}``.
+
+    ``available`` is the kernel's MemAvailable (free plus reclaimable caches); on a
+    Jetson it is what the CPU and the GPU share.  Returns None when the file cannot
+    be read (not Linux), a missing field as 0.
+
+    Args:
+        path: the meminfo file (default ``/proc/meminfo``; tests give a fixture).
+    """
+    fields = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    fields[key.strip()] = int(parts[0])
+    except OSError:
+        return None
+    if "MemAvailable" not in fields and "MemFree" not in fields:
+        return None
+    available = fields.get("MemAvailable", fields.get("MemFree", 0))
+    return {"available": available // 1024, "swap_free": fields.get("SwapFree", 0) // 1024}

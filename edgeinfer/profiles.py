@@ -13,15 +13,25 @@ from .errors import UsageError
 
 
 class Profile(NamedTuple):
-    """A kind of device a bundle is built for.
+    """A kind of device a bundle is built for: data, read by the recipes and the runtime.
 
     Attributes:
         name: the profile's name, e.g. ``"x86-cpu"``.
         backend: the backend that runs bundles for it (registry name).
         arch: ``"x86_64"`` or ``"aarch64"``.
         memory_mb: memory a model may use on the device (None: no limit known).
+            On a Jetson the CPU and GPU share the board's memory, so this is well
+            under it; the TensorRT builder workspace is sized from it.
         description: one line for humans.
-        precisions: precisions the profile supports, preferred first.
+        precisions: precisions that are fast there, preferred first.
+        gpu_arch: the GPU architecture, e.g. ``"Maxwell"`` (None: no GPU).
+        compute_capability: the GPU's CUDA compute capability, e.g. ``"5.3"``.
+        tensorrt: the TensorRT of the JetPack the profile stands for, e.g. ``"8.2.1"``.
+        jetpack: that JetPack, e.g. ``"4.6.1"``.
+        python: that JetPack's system Python, e.g. ``"3.6"``.
+        dla_cores: Deep Learning Accelerator cores (0: none).
+        board_memory_mb: the board's memory (None: varies).
+        int8_note: why INT8 is not among ``precisions`` (None when it is).
     """
 
     name: str
@@ -30,20 +40,57 @@ class Profile(NamedTuple):
     memory_mb: Optional[int]
     description: str
     precisions: Tuple[str, ...]
+    gpu_arch: Optional[str] = None
+    compute_capability: Optional[str] = None
+    tensorrt: Optional[str] = None
+    jetpack: Optional[str] = None
+    python: Optional[str] = None
+    dla_cores: int = 0
+    board_memory_mb: Optional[int] = None
+    int8_note: Optional[str] = None
 
+
+# Jetson data: NVIDIA's JetPack release notes (the TensorRT and Python each ships) and
+# CUDA's GPU tables (architecture, compute capability).  JetPack 4.6.1+ is what a Jetson
+# Nano or TX2 can run last; Orin Nano and AGX Orin profiles stand for JetPack 6.
+_NO_DP4A = ("its {} GPU (sm_{}) has no INT8 dot-product instructions (DP4A, compute "
+            "capability 6.1 and newer), so TensorRT runs INT8 there no faster than FP16")
+_JETSON_FP16 = ("fp16", "fp32")
+_JETSON_INT8 = ("int8", "fp16", "fp32")
 
 PROFILES = {
     "x86-cpu": Profile("x86-cpu", "onnxruntime", "x86_64", None,
                        "any x86-64 CPU, ONNX Runtime", ("int8", "fp16", "fp32")),
-    "arm64-cpu": Profile("arm64-cpu", "onnxruntime", "aarch64", None,
-                         "any ARM64 CPU (Raspberry Pi 4/5, Graviton, Jetson CPU), ONNX Runtime",
-                         ("int8", "fp16", "fp32")),
+    "arm64-cpu": Profile("arm64-cpu", "onnxruntime", "aarch64", 1024,
+                         "any ARM64 CPU (Raspberry Pi 4/5 class, 2 GB and up; Graviton; a "
+                         "Jetson's CPU), ONNX Runtime", ("int8", "fp16", "fp32")),
     "intel-cpu": Profile("intel-cpu", "openvino", "x86_64", None,
                          "Intel CPU with OpenVINO", ("int8", "fp16", "fp32")),
     "jetson-nano": Profile("jetson-nano", "tensorrt", "aarch64", 2048,
-                           "Jetson Nano (Maxwell, 4 GB shared), TensorRT 8.2", ("fp16", "fp32")),
+                           "Jetson Nano (Maxwell, 4 GB shared), JetPack 4.6, TensorRT 8.2",
+                           _JETSON_FP16, "Maxwell", "5.3", "8.2.1", "4.6.1", "3.6", 0, 4096,
+                           _NO_DP4A.format("Maxwell", "53")),
+    "jetson-tx2": Profile("jetson-tx2", "tensorrt", "aarch64", 5120,
+                          "Jetson TX2 (Pascal, 8 GB shared), JetPack 4.6, TensorRT 8.2",
+                          _JETSON_FP16, "Pascal", "6.2", "8.2.1", "4.6.1", "3.6", 0, 8192,
+                          "its Pascal GPU (sm_62) has no fast INT8 path: TensorRT's support "
+                          "matrix lists INT8 for compute capability 6.1 and 7.0 and newer, "
+                          "not 6.2, so INT8 runs there no faster than FP16"),
+    "jetson-xavier-nx": Profile("jetson-xavier-nx", "tensorrt", "aarch64", 5120,
+                                "Jetson Xavier NX (Volta, 8 GB shared, 2 DLA), JetPack 5.1, "
+                                "TensorRT 8.5", _JETSON_INT8, "Volta", "7.2", "8.5.2", "5.1",
+                                "3.8", 2, 8192),
     "jetson-orin": Profile("jetson-orin", "tensorrt", "aarch64", 6144,
-                           "Jetson Orin Nano/NX/AGX, TensorRT 8.5+", ("int8", "fp16", "fp32")),
+                           "Jetson Orin Nano/NX/AGX, JetPack 5.1, TensorRT 8.5+",
+                           _JETSON_INT8, "Ampere", "8.7", "8.5.2", "5.1", "3.8", 0, 8192),
+    "jetson-orin-nano": Profile("jetson-orin-nano", "tensorrt", "aarch64", 2048,
+                                "Jetson Orin Nano (Ampere, 4/8 GB shared; budget of the 4 GB "
+                                "module), JetPack 6.2, TensorRT 10.3", _JETSON_INT8, "Ampere",
+                                "8.7", "10.3.0", "6.2", "3.10", 0, 4096),
+    "jetson-agx-orin": Profile("jetson-agx-orin", "tensorrt", "aarch64", 24576,
+                               "Jetson AGX Orin (Ampere, 32/64 GB shared, 2 DLA), JetPack 6.2, "
+                               "TensorRT 10.3", _JETSON_INT8, "Ampere", "8.7", "10.3.0", "6.2",
+                               "3.10", 2, 32768),
 }
 
 # Names users type for a target that are not profile names.
@@ -51,7 +98,22 @@ ALIASES = {
     "onnxruntime": "cpu", "ort": "cpu",
     "openvino": "intel-cpu",
     "tensorrt": "jetson-orin", "trt": "jetson-orin", "jetson": "jetson-orin",
+    "raspberry-pi": "arm64-cpu", "rpi": "arm64-cpu",
 }
+
+# Builder workspace: a quarter of the model's memory budget, leaving the rest to the
+# weights, the activations and the engine being built (the OOM killer ends most
+# builds on 4 GB boards, issue 5), within bounds chosen, not measured: 64 MiB to 1 GiB.
+WORKSPACE_SHARE = 4
+WORKSPACE_MB = (64, 1024)
+
+
+def workspace_mb(profile):
+    """The TensorRT builder workspace for a profile, in MiB (None: no memory budget known)."""
+    if not profile.memory_mb:
+        return None
+    low, high = WORKSPACE_MB
+    return max(low, min(high, profile.memory_mb // WORKSPACE_SHARE))
 
 
 def machine_arch():
@@ -268,28 +330,3 @@ def int8_backend_advice(features, workload=None):
     return pick, "On {}, prefer {} for INT8{}: {}.".format(
         label, "OpenVINO" if pick == "openvino" else "ONNX Runtime",
         " " + WORKLOADS[workload] if workload else "", "; ".join(_measured(m) for m in found))
-
-
-def jetson_info():
-    """Describe the Jetson this runs on, or return None on anything else.
-
-    Reads the device-tree model and ``/etc/nv_tegra_release`` (L4T version), which
-    every JetPack image has.
-    """
-    model = None
-    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
-        try:
-            with open(path, "rb") as handle:
-                model = handle.read().decode("utf-8", "replace").strip("\x00 \n")
-            break
-        except OSError:
-            continue
-    release = None
-    try:
-        with open("/etc/nv_tegra_release") as handle:
-            release = handle.readline().strip()
-    except OSError:
-        pass
-    if not release and not (model and "jetson" in model.lower()):
-        return None
-    return {"model": model, "l4t": release}

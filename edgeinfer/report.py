@@ -100,6 +100,34 @@ def describe_engine(engine):
     return lines
 
 
+def describe_partitions(record, brief=False):
+    """A sharded bundle's partitions (the manifest's ``partitions``) as lines.
+
+    One row per partition: nodes, first and last node, weights, and the tensors
+    crossing the cut after it (names, and their size at batch 1).
+    """
+    items, cuts = record["items"], record.get("cuts") or []
+    lines = ["partitions: {} of at most {} of weights ({} in all{}); largest activation set "
+             "{} at batch 1".format(
+                 len(items), _size(record["budget_bytes"]), _size(record.get("weight_bytes", 0)),
+                 ", {} shared".format(_size(record["shared_bytes"]))
+                 if record.get("shared_bytes") else "", _size(record.get("activation_bytes", 0)))]
+    if brief:
+        return lines
+    rows = [("partition", "nodes", "first .. last node", "weights", "crossing the next cut")]
+    for index, item in enumerate(items):
+        cut = cuts[index] if index < len(cuts) else None
+        crossing = "-" if cut is None else "{} ({})".format(
+            ", ".join(cut["tensors"][:4]) + (" +{}".format(len(cut["tensors"]) - 4)
+                                             if len(cut["tensors"]) > 4 else ""),
+            _size(cut["bytes"]))
+        rows.append((item["name"], item["nodes"], "{} .. {}".format(
+            item.get("first_node", "?"), item.get("last_node", "?")),
+            _size(item["weight_bytes"]), crossing))
+    lines.extend("  " + line for line in table(rows).splitlines())
+    return lines
+
+
 def describe_bundle(bundle, brief=False):
     """A bundle's manifest as text: what `edgeinfer inspect` prints."""
     m = bundle.manifest
@@ -165,6 +193,8 @@ def describe_bundle(bundle, brief=False):
     control = m.get("accuracy_control")
     if control:
         lines.extend("  " + line for line in describe_control(control))
+    if m.get("partitions"):
+        lines.extend("  " + line for line in describe_partitions(m["partitions"], brief))
     engine = m.get("engine")
     if engine:
         lines.extend("  " + line for line in describe_engine(engine))

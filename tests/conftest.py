@@ -55,6 +55,32 @@ TinyModel = namedtuple("TinyModel", "path data W b")
 BadBundle = namedtuple("BadBundle", "path fragments")
 
 
+def _tensorrt_missing():
+    """Why TensorRT-marked tests cannot run here, or None when they can."""
+    import importlib
+    try:
+        importlib.import_module("tensorrt")
+    except Exception as exc:  # a broken install raises more than ImportError
+        return ("TensorRT is not installed here ({}): these tests need an NVIDIA GPU with "
+                "TensorRT, e.g. a Jetson; see docs/JETSON.md".format(
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "tensorrt: needs TensorRT's Python package, a CUDA binding and an NVIDIA "
+                   "GPU (a Jetson); skipped with the reason elsewhere")
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("tensorrt")]
+    why = _tensorrt_missing() if marked else None
+    if why:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_dir(tmp_path_factory):
     """Keep every test's backend caches (OpenVINO's model cache) out of the user's home."""

@@ -309,3 +309,224 @@ def spatial_batchnorm_model(seed=0):
                               opset_imports=[helper.make_opsetid("", 7)])
     model.ir_version = 6
     return model
+
+
+# -- sharding (issue 7): graphs the planner must cut correctly -------------------------------
+
+def _model(nodes, name, inputs, outputs, initializers, opset=17):
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = helper.make_model(graph, producer_name="edgeinfer-tests",
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def residual_stack(blocks=4, width=64, seed=0):
+    """Two inputs, two outputs, residual skips, and one weight read at both ends.
+
+        x[batch,W] -> MatMul(W_in) -> h0
+        h(i+1) = h(i) + Relu(h(i) @ W_i)       i < blocks (each skip crosses a cut inside it)
+        early[batch,W] = Identity(h2)          (a model output made early)
+        out[batch,W] = (h_last + y[batch,W]) @ W_in   (W_in: read by the first and last node)
+
+    Every weight is W x W float32 (16 KiB at W=64).
+    """
+    rng = np.random.RandomState(seed)
+    inits = [_init("W_in", (rng.standard_normal((width, width)) / np.sqrt(width)).astype(
+        np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "W_in"], ["h0"], name="in")]
+    for i in range(blocks):
+        inits.append(_init("W{}".format(i), (rng.standard_normal((width, width)) * 0.5 /
+                                             np.sqrt(width)).astype(np.float32)))
+        nodes += [helper.make_node("MatMul", ["h{}".format(i), "W{}".format(i)],
+                                   ["a{}".format(i)], name="block{}.matmul".format(i)),
+                  helper.make_node("Relu", ["a{}".format(i)], ["r{}".format(i)],
+                                   name="block{}.relu".format(i)),
+                  helper.make_node("Add", ["h{}".format(i), "r{}".format(i)],
+                                   ["h{}".format(i + 1)], name="block{}.add".format(i))]
+    nodes += [helper.make_node("Identity", ["h2"], ["early"], name="early"),
+              helper.make_node("Add", ["h{}".format(blocks), "y"], ["s"], name="join"),
+              helper.make_node("MatMul", ["s", "W_in"], ["out"], name="out")]
+    spec = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width])
+    return _model(nodes, "residual_stack", [spec("x"), spec("y")], [spec("early"), spec("out")],
+                  inits)
+
+
+def if_model(width=16, seed=0):
+    """An If node whose branches read an outer tensor and an outer weight.
+
+        x[batch,W] -> MatMul(W1) -> a
+        If(flag: bool scalar)
+            then: a @ W2 (W2 is the outer graph's)      else: a @ c (c: the branch's own)
+        -> o -> MatMul(W3) -> y[batch,W]
+
+    W1, W2, W3 and c are W x W (1 KiB at W=16); the If holds W2 and c: 2 KiB.
+    """
+    rng = np.random.RandomState(seed)
+    weight = lambda: rng.standard_normal((width, width)).astype(np.float32)
+    out = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width])
+    then_graph = helper.make_graph([helper.make_node("MatMul", ["a", "W2"], ["t"])], "then", [],
+                                   [out("t")])
+    else_graph = helper.make_graph([helper.make_node("MatMul", ["a", "c"], ["e"])], "else", [],
+                                   [out("e")], [_init("c", weight())])
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"], name="first"),
+             helper.make_node("If", ["flag"], ["o"], name="branch", then_branch=then_graph,
+                              else_branch=else_graph),
+             helper.make_node("MatMul", ["o", "W3"], ["y"], name="last")]
+    return _model(nodes, "if_model",
+                  [out("x"), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                  [out("y")], [_init("W1", weight()), _init("W2", weight()),
+                               _init("W3", weight())])
+
+
+def cheap_cut_chain(seed=0):
+    """Two equal weights with a wide tensor and a narrow one between them.
+
+        x[batch,8] -> MatMul(A 8x256) -> wide[batch,256] -> ReduceSum(keepdims) -> narrow[batch,1]
+            -> Mul(x) -> m[batch,8] -> MatMul(B 8x256) -> y[batch,256]
+
+    A budget of one weight allows cuts before ReduceSum, before Mul, and before the
+    second MatMul: before Mul only ``narrow`` (and ``x``, a model input) crosses.
+    """
+    rng = np.random.RandomState(seed)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["wide"], name="A"),
+             helper.make_node("ReduceSum", ["wide"], ["narrow"], name="reduce", keepdims=1),
+             helper.make_node("Mul", ["x", "narrow"], ["m"], name="scale"),
+             helper.make_node("MatMul", ["m", "B"], ["y"], name="B")]
+    return _model(nodes, "cheap_cut_chain",
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+                  [_init("A", rng.standard_normal((8, 256)).astype(np.float32)),
+                   _init("B", rng.standard_normal((8, 256)).astype(np.float32))], opset=13)
+
+
+def transformer_stack(layers=4, hidden=32, heads=4, ffn=64, seq=8, seed=0):
+    """Post-LN encoder layers with two inputs and two outputs.
+
+        hidden[batch,seq,H], mask[batch,seq] (1 keep, 0 pad)
+        bias = Reshape((1 - mask) * -10000, [batch,1,1,seq])
+        per layer: x = LN(x + Attention(x, bias)); x = LN(x + W2(GELU(W1 x)))
+        last[batch,seq,H] = x;  pooled[batch,H] = ReduceMean(x, axis 1)
+
+    The reshape shapes, the attention scale and GELU's constants are single
+    initializers read by every layer, so a plan duplicates them into each partition.
+    """
+    rng = np.random.RandomState(seed)
+    head = hidden // heads
+    inits = [_init("split_shape", np.array([0, 0, heads, head], np.int64)),
+             _init("merge_shape", np.array([0, 0, hidden], np.int64)),
+             _init("mask_shape", np.array([0, 1, 1, -1], np.int64)),
+             _init("scale", np.array(1.0 / np.sqrt(head), np.float32)),
+             _init("one", np.array(1.0, np.float32)),
+             _init("half", np.array(0.5, np.float32)),
+             _init("sqrt2", np.array(np.sqrt(2.0), np.float32)),
+             _init("neg", np.array(-10000.0, np.float32))]
+    nodes = [helper.make_node("Sub", ["one", "mask"], ["pad"], name="mask.invert"),
+             helper.make_node("Mul", ["pad", "neg"], ["pad_bias"], name="mask.scale"),
+             helper.make_node("Reshape", ["pad_bias", "mask_shape"], ["bias"], name="mask.shape")]
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def linear(x, name, cin, cout):
+        inits.append(_init(name + ".w", (rng.standard_normal((cin, cout)) / np.sqrt(cin)).astype(
+            np.float32)))
+        inits.append(_init(name + ".b", (rng.standard_normal(cout) * 0.02).astype(np.float32)))
+        return node("Add", [node("MatMul", [x, name + ".w"], name + ".matmul"), name + ".b"],
+                    name)
+
+    def norm(x, name):
+        inits.append(_init(name + ".g", np.ones(hidden, np.float32)))
+        inits.append(_init(name + ".b", np.zeros(hidden, np.float32)))
+        return node("LayerNormalization", [x, name + ".g", name + ".b"], name, axis=-1)
+
+    x = "hidden"
+    for i in range(layers):
+        p = "l{}".format(i)
+        q, k, v = [node("Transpose", [node("Reshape", [linear(x, "{}.{}".format(p, n), hidden,
+                                                               hidden), "split_shape"],
+                                           "{}.{}.split".format(p, n))],
+                        "{}.{}.heads".format(p, n), perm=perm)
+                   for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3]))]
+        scores = node("Add", [node("Mul", [node("MatMul", [q, k], p + ".scores"), "scale"],
+                                   p + ".scaled"), "bias"], p + ".masked")
+        context = node("MatMul", [node("Softmax", [scores], p + ".probs", axis=-1), v],
+                       p + ".context")
+        merged = node("Reshape", [node("Transpose", [context], p + ".context.t",
+                                       perm=[0, 2, 1, 3]), "merge_shape"], p + ".merged")
+        x = norm(node("Add", [x, linear(merged, p + ".out", hidden, hidden)], p + ".res1"),
+                 p + ".ln1")
+        up = linear(x, p + ".up", hidden, ffn)
+        erf = node("Erf", [node("Div", [up, "sqrt2"], p + ".gelu.div")], p + ".gelu.erf")
+        gelu = node("Mul", [node("Mul", [up, node("Add", [erf, "one"], p + ".gelu.add")],
+                                 p + ".gelu.mul"), "half"], p + ".gelu")
+        x = norm(node("Add", [x, linear(gelu, p + ".down", ffn, hidden)], p + ".res2"),
+                 p + ".ln2")
+    nodes.append(helper.make_node("Identity", [x], ["last"], name="last"))
+    nodes.append(helper.make_node("ReduceMean", ["last"], ["pooled"], name="pool", axes=[1],
+                                  keepdims=0))
+    return _model(
+        nodes, "transformer_stack",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", seq, hidden]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", seq])],
+        [helper.make_tensor_value_info("last", TensorProto.FLOAT, ["batch", seq, hidden]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])], inits)
+
+
+def big_gather_model(folder, tables=4, rows=17 * 1024 * 1024, width=8, hot=(0, 5, 12345)):
+    """A model over 2 GB whose weights live in one external data file, written sparsely.
+
+        ids[n] int64 -> Gather(T0) + Gather(T1) + ... + Gather(T_last) -> y[n, width]
+
+    Each table T_i is rows x width float32 (544 MiB at the defaults: 2.1 GiB for 4).
+    The data file is a sparse file: only the ``hot`` rows hold values (row r of
+    table i is ``i + 1 + r / 1e6`` in every column), so writing it takes
+    milliseconds and no disk; every other row is 0.
+
+    Returns:
+        (path of the .onnx file, expected function ids -> y)
+    """
+    import os
+    data_name = "big.onnx.data"
+    table_bytes = rows * width * 4
+    inits = []
+    with open(os.path.join(str(folder), data_name), "wb") as handle:
+        handle.truncate(table_bytes * tables)
+        for i in range(tables):
+            for row in hot:
+                handle.seek(i * table_bytes + row * width * 4)
+                handle.write(np.full(width, i + 1 + row / 1e6, np.float32).tobytes())
+            tensor = onnx.TensorProto()
+            tensor.name, tensor.data_type = "T{}".format(i), TensorProto.FLOAT
+            tensor.dims.extend([rows, width])
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(i * table_bytes)),
+                               ("length", str(table_bytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            inits.append(tensor)
+    nodes = [helper.make_node("Gather", ["T0", "ids"], ["g0"], name="gather0")]
+    total = "g0"
+    for i in range(1, tables):
+        nodes.append(helper.make_node("Gather", ["T{}".format(i), "ids"], ["g{}".format(i)],
+                                      name="gather{}".format(i)))
+        out = "y" if i == tables - 1 else "s{}".format(i)
+        nodes.append(helper.make_node("Add", [total, "g{}".format(i)], [out],
+                                      name="add{}".format(i)))
+        total = out
+    model = _model(nodes, "big_gather",
+                   [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])], inits,
+                   opset=13)
+    path = os.path.join(str(folder), "big.onnx")
+    with open(path, "wb") as handle:
+        handle.write(model.SerializeToString())
+
+    def expected(ids):
+        values = np.zeros((len(ids), width), np.float32)
+        for j, row in enumerate(ids):
+            if row in hot:
+                values[j] = sum(np.float32(i + 1 + row / 1e6) for i in range(tables))
+        return values
+    return path, expected

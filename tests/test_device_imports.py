@@ -27,6 +27,14 @@ DEVICE_MODULES = [
     "edgeinfer.datasets", "edgeinfer.profiles", "edgeinfer.report", "edgeinfer.doctor",
     "edgeinfer.cli", "edgeinfer.errors", "edgeinfer.tensors", "edgeinfer.memory",
     "edgeinfer.lazy", "edgeinfer.calibration_cache",
+    "edgeinfer.jetson", "edgeinfer.push", "edgeinfer.runtime.engine_cache",
+    "edgeinfer.runtime.backends.tensorrt",
+    "edgeinfer.runtime.cache", "edgeinfer.runtime.cache.core", "edgeinfer.runtime.cache.keys",
+    "edgeinfer.runtime.cache.values", "edgeinfer.runtime.cache.memory",
+    "edgeinfer.runtime.cache.disk", "edgeinfer.runtime.cache.remote",
+    "edgeinfer.runtime.cache.counters", "edgeinfer.runtime.cache.admin",
+    "edgeinfer.runtime.cache.writer",
+    "edgeinfer.partitions", "edgeinfer.runtime.shard",
 ]
 
 # Frameworks the device side may only import lazily, inside the code that needs them.
@@ -37,7 +45,9 @@ HEAVY = ["onnx", "onnxruntime", "openvino", "tensorrt", "torch", "nncf", "onnxco
 EXPECTED_LAZY_DEPS = {
     "onnx": "convert", "onnxruntime": "ort", "onnxconverter_common": "convert",
     "openvino": "openvino", "nncf": "convert", "tensorrt": "tensorrt", "torch": "qat",
+    "cuda": "tensorrt", "pycuda": "tensorrt",
     "redis": "redis", "xxhash": "cache", "matplotlib": "report", "psutil": "bench",
+    "starlette": "serve", "uvicorn": "serve",
 }
 
 
@@ -150,7 +160,9 @@ def test_device_code_runs_on_old_pythons():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["inspect", "--help"],
-                                  ["convert", "--help"], ["doctor", "--help"]])
+                                  ["convert", "--help"], ["doctor", "--help"],
+                                  ["cache", "stats", "--help"], ["cache", "clear", "--help"],
+                                  ["push", "--help"], ["warm", "--help"]])
 def test_cli_help_imports_no_framework(args):
     statements = "\n".join([
         "from edgeinfer.cli import main",

@@ -338,7 +338,7 @@ def test_bundle_for_an_unregistered_backend(tmp_path, tiny_model, make_manifest)
     with pytest.raises(BackendError) as info:
         edgeinfer.load(str(path))
     assert "needs the backend 'tensorrt-9'" in str(info.value)
-    assert "This edgeinfer knows: onnxruntime, openvino." in str(info.value)
+    assert "This edgeinfer knows: onnxruntime, openvino, tensorrt." in str(info.value)
     assert info.value.exit_code == 1
 
 

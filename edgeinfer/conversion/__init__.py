@@ -75,6 +75,9 @@ class Settings(NamedTuple):
     metric: Optional[Callable] = None
     min_metric: Optional[float] = None
     budget_output: Optional[str] = None
+    # Sharding (issue 7): MiB of weights per partition; None shards only when the
+    # target profile's memory_mb is exceeded.
+    shard_budget_mb: Optional[float] = None
 
     def budget(self):
         """The :class:`~edgeinfer.conversion.metrics.Budget` asked for, or None.
@@ -268,7 +271,10 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
             None / empty: NNCF's default): ``preset`` (performance | mixed),
             ``model_type`` (transformer), ``fast_bias_correction`` (bool),
             ``subset_size``, ``ignored_names`` (ONNX node names kept FP32) and
-            ``ignored_types`` (ONNX or OpenVINO op types kept FP32).
+            ``ignored_types`` (ONNX or OpenVINO op types kept FP32).  ``shard_budget_mb``
+            (default None) cuts the model into partitions of at most that many MiB of
+            weights (see :mod:`edgeinfer.conversion.shard`); without it a model whose
+            weights exceed the target profile's ``memory_mb`` is sharded by itself.
 
     Returns:
         the written :class:`~edgeinfer.bundle.Bundle`.
@@ -290,6 +296,12 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
     if settings.precision not in profile.precisions:
         raise UsageError("Target {} does not support {}.".format(profile.name, precision),
                          "It supports: {}.".format(", ".join(profile.precisions)))
+    from .shard import convert_sharded, shard_budget
+    shard_bytes = shard_budget(model, profile, settings.shard_budget_mb)
+    if shard_bytes is not None:
+        # Before load_source: a sharded model is never loaded whole (it may exceed 2 GB).
+        return convert_sharded(model, recipe, profile, settings, shard_bytes, calibration, eval,
+                               output, preprocess, name, overwrite, workdir)
     source = load_source(model)
     output = output or default_output(source.name, profile, settings.precision)
     _check_output(output, overwrite)

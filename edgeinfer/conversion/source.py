@@ -88,11 +88,16 @@ def _metadata_json(model, key, path):
     return None
 
 
-def load_source(path):
-    """Load, check and describe an ONNX model.
+def read_onnx(path, load_external_data=True):
+    """Load an ONNX file, or say in one line why it cannot be.
+
+    Args:
+        path: the ``.onnx`` file.
+        load_external_data: read the weights kept in external data files too (default
+            True; the sharder reads a model's graph alone, issue 7).
 
     Raises:
-        ModelError: missing, unreadable, not ONNX, invalid, or an unsupported opset.
+        ModelError: missing, a folder, unreadable, not ONNX, or holding no graph.
     """
     onnx = require("onnx", "converting models")
     path = os.fspath(path)
@@ -109,7 +114,7 @@ def load_source(path):
         raise ModelError("Model file {!r} cannot be read: {}.".format(path, exc.strerror),
                          "Check its permissions.")
     try:
-        model = onnx.load(path, load_external_data=True)
+        model = onnx.load(path, load_external_data=load_external_data)
     except Exception as exc:  # protobuf's DecodeError and friends are not exported
         raise ModelError("{!r} is not an ONNX model ({}).".format(
             path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
@@ -117,6 +122,18 @@ def load_source(path):
     if not model.graph.node and not model.graph.output:
         raise ModelError("{!r} is not an ONNX model (it holds no graph).".format(path),
                          "Export your model to ONNX first (torch.onnx.export, tf2onnx, ...).")
+    return model
+
+
+def load_source(path):
+    """Load, check and describe an ONNX model.
+
+    Raises:
+        ModelError: missing, unreadable, not ONNX, invalid, or an unsupported opset.
+    """
+    onnx = require("onnx", "converting models")
+    path = os.fspath(path)
+    model = read_onnx(path)
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if opset < MIN_OPSET or opset > newest:

@@ -66,7 +66,8 @@ from typing import NamedTuple, Optional
 
 from ..errors import ConversionError, UsageError
 from ..lazy import require
-from ..profiles import resolve_target
+# workspace_mb is imported for this module's users: the recipe's suggestion is the profile's.
+from ..profiles import resolve_target, workspace_mb  # noqa: F401
 from . import ort as ort_recipe
 from .recipe import Result, recipe_step, run_calibration
 from .source import default_opset
@@ -85,11 +86,6 @@ CACHE_ALGORITHMS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibratio
 # The newest ONNX opset each TensorRT's parser documents (onnx-tensorrt
 # docs/operators.md of the release): newer opsets still import op by op.
 PARSER_OPSETS = (((8, 2), 13), ((8, 5), 17), ((9, 2), 19))
-# Builder workspace: a quarter of the model's memory budget, leaving the rest to the
-# weights, the activations and the engine being built (the OOM killer ends most
-# builds on 4 GB boards, issue 5), within bounds chosen, not measured: 64 MiB to 1 GiB.
-WORKSPACE_SHARE = 4
-WORKSPACE_MB = (64, 1024)
 
 
 class JetsonGpu(NamedTuple):
@@ -108,26 +104,16 @@ class JetsonGpu(NamedTuple):
     jetpack: Optional[str]
 
 
-# Used where the profile does not say (edgeinfer/profiles.py owns the profiles):
-# NVIDIA's JetPack release notes and CUDA GPU tables.
-JETSON_GPUS = {
-    "jetson-nano": JetsonGpu("Maxwell", "5.3", "8.2.1", "4.6"),
-    "jetson-tx2": JetsonGpu("Pascal", "6.2", "8.2.1", "4.6"),
-    "jetson-xavier-nx": JetsonGpu("Volta", "7.2", "8.5.2", "5.1"),
-    "jetson-orin": JetsonGpu("Ampere", "8.7", "8.5.2", "5.1"),
-    "jetson-orin-nano": JetsonGpu("Ampere", "8.7", "8.5.2", "5.1"),
-    "jetson-agx-orin": JetsonGpu("Ampere", "8.7", "8.5.2", "5.1"),
-}
+# For a profile without GPU data (a CPU profile): TensorRT of the generic jetson-orin.
 DEFAULT_GPU = JetsonGpu(None, None, "8.5.2", None)
 
 
 def target_gpu(profile):
-    """The :class:`JetsonGpu` of a profile; fields the profile carries itself win."""
-    known = JETSON_GPUS.get(profile.name, DEFAULT_GPU)
-    return JetsonGpu(getattr(profile, "gpu_arch", None) or known.arch,
-                     getattr(profile, "compute_capability", None) or known.compute,
-                     getattr(profile, "tensorrt", None) or known.tensorrt,
-                     getattr(profile, "jetpack", None) or known.jetpack)
+    """The :class:`JetsonGpu` of a profile, from its data (:mod:`edgeinfer.profiles`)."""
+    return JetsonGpu(getattr(profile, "gpu_arch", None) or DEFAULT_GPU.arch,
+                     getattr(profile, "compute_capability", None) or DEFAULT_GPU.compute,
+                     getattr(profile, "tensorrt", None) or DEFAULT_GPU.tensorrt,
+                     getattr(profile, "jetpack", None) or DEFAULT_GPU.jetpack)
 
 
 def _version(text):
@@ -141,14 +127,6 @@ def parser_max_opset(version):
         if _version(version) >= release:
             found = opset
     return found
-
-
-def workspace_mb(profile):
-    """The builder workspace to suggest for a profile (None: no memory budget known)."""
-    if not profile.memory_mb:
-        return None
-    low, high = WORKSPACE_MB
-    return max(low, min(high, profile.memory_mb // WORKSPACE_SHARE))
 
 
 def tensorrt_options(model):
@@ -446,14 +424,10 @@ class TensorRtRecipe(object):
         """
         profile = resolve_target(settings.target)
         if settings.precision == "int8" and "int8" not in profile.precisions:
-            gpu = target_gpu(profile)
-            what = "its {} GPU (sm_{})".format(gpu.arch, gpu.compute.replace(".", "")) if (
-                gpu.arch and gpu.compute) else "its GPU"
-            raise UsageError(
-                "INT8 is not fast on {}: {} has no INT8 dot-product instructions (DP4A, "
-                "compute capability 6.1 and newer), so TensorRT runs INT8 there no faster "
-                "than FP16.".format(profile.name, what),
-                "Use --precision fp16, {}'s fast precision.".format(profile.name))
+            why = getattr(profile, "int8_note", None) or "its GPU has no fast INT8 path"
+            raise UsageError("INT8 is not fast on {}: {}.".format(profile.name, why),
+                             "Use --precision {}, {}'s fast precision.".format(
+                                 profile.precisions[0], profile.name))
         ort_recipe.check_calibrate_method(settings.calibrate_method)
         if settings.precision == "int8" and settings.method == "dynamic":
             raise UsageError("TensorRT has no dynamic INT8: it runs static INT8 from "

@@ -10,6 +10,7 @@ from ..errors import BackendError, BundleError, InputError, UsageError
 from ..profiles import PROFILES, machine_arch
 from ..tensors import find_spec
 from .backends import ModelFiles, get_backend, run_in_threads
+from .cache import Cache, model_hash
 
 
 def version_tuple(text):
@@ -38,8 +39,16 @@ def check_compatible(bundle, backend):
     target = bundle.manifest["target"]
     ok, detail = backend.available()
     if not ok:
+        # available() says why as "what. Note: fix"; the fix goes in the hint, with the
+        # backends this machine does have (a bundle made for the wrong device, issue 5).
+        why, _, fix = detail.partition(" Note: ")
+        others = _usable_backends(skip=backend.name)
+        hint = fix.rstrip(".") if fix else "install it"
+        if others:
+            hint += "; or convert the model again for what this machine has: {}".format(
+                ", ".join(others))
         raise BackendError("Bundle {!r} needs the {} backend, which is not usable here: "
-                           "{}".format(bundle.path, backend.name, detail))
+                           "{}".format(bundle.path, backend.name, why), hint + ".")
     needed = target.get("min_backend_version")
     if needed and version_tuple(detail) < version_tuple(needed):
         raise BackendError(
@@ -53,6 +62,33 @@ def check_compatible(bundle, backend):
                      "precision choices were tuned for the other CPU.".format(
                          profile.name, profile.arch, machine_arch()))
     return notes
+
+
+# The --target that makes a bundle for each backend (TensorRT's: this Jetson's profile).
+TARGETS = {"onnxruntime": "cpu", "openvino": "intel-cpu", "tensorrt": "jetson-orin"}
+
+
+def _usable_backends(skip):
+    """``"name version (--target T)"`` for each backend usable here other than ``skip``."""
+    from ..errors import EdgeInferError
+    from .backends import REGISTRY
+    found = []
+    for name in sorted(REGISTRY):
+        if name == skip:
+            continue
+        try:
+            ok, version = get_backend(name).available()
+        except EdgeInferError:
+            continue
+        if not ok:
+            continue
+        target = TARGETS.get(name, name)
+        if name == "tensorrt":
+            from ..jetson import read_jetson
+            info = read_jetson()
+            target = info.profile if info is not None and info.profile else target
+        found.append("{} {} (--target {})".format(name, version, target))
+    return found
 
 
 class _InputCheck(object):
@@ -123,15 +159,26 @@ class Session(object):
         inputs: list of input TensorSpecs (name, dtype, shape).
         outputs: list of output TensorSpecs.
         notes: warnings about this machine versus the bundle's target.
+        cache: the :class:`~edgeinfer.Cache` that :meth:`run` consults, or None
+            (no cache given, or the bundle opts out: manifest ``"deterministic":
+            false``).
     """
 
-    def __init__(self, bundle, runner, notes=()):
+    def __init__(self, bundle, runner, notes=(), cache=None):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.inputs = bundle.inputs
         self.outputs = bundle.outputs
         self.notes = list(notes)
         self._runner = runner
+        self._model_hash = None
+        self.cache = cache
+        if cache is not None and self.manifest.get("deterministic") is False:
+            # Per-bundle opt-out (issue 6, requirement 7): a model whose outputs vary
+            # from run to run (sampling, dropout left on) must not replay one of them.
+            self.cache = None
+            self.notes.append("The bundle says its model is not deterministic: results are "
+                              "not cached.")
         checks = [_InputCheck(s) for s in self.inputs]
         self._names = frozenset(s.name for s in self.inputs)
         # What run() walks on every call, unpacked once here (issue 3: per-call cost).
@@ -143,16 +190,26 @@ class Session(object):
     def name(self):
         return self.manifest["name"]
 
-    def run(self, feeds, outputs=None):
-        """Run the model.
+    @property
+    def model_hash(self):
+        """The bundle's content hash (32 hex digits): the model part of every cache key."""
+        if self._model_hash is None:
+            self._model_hash = model_hash(self.manifest)
+        return self._model_hash
+
+    def run(self, feeds, outputs=None, cache=True):
+        """Run the model, or answer from the session's cache.
 
         Args:
             feeds: dict input name -> array (numpy or anything ``np.asarray`` takes).
                 Same-kind dtypes are converted (float64 -> float32); others refused.
             outputs: output names to return (default None: all, in model order).
+            cache: consult the session's cache, if it has one (default True); False
+                runs the model and stores nothing (per-call opt-out).
 
         Returns:
-            dict output name -> numpy array.
+            dict output name -> numpy array, the caller's own: never an array the
+            cache keeps.
 
         Raises:
             InputError: an unknown or missing input, a wrong dtype, rank or fixed dim,
@@ -166,9 +223,14 @@ class Session(object):
         feeds = self._checked(feeds, "Session.run")
         if outputs is not None:
             outputs = self._check_outputs(outputs)
-        return runner.run(feeds, outputs)
+        store = self.cache
+        if store is None or not cache:
+            return runner.run(feeds, outputs)
+        key = store.key(self.model_hash, feeds,
+                        self._output_names if outputs is None else outputs)
+        return store.get_or_run(key, lambda: runner.run(feeds, outputs))
 
-    def run_many(self, feed_dicts, outputs=None, concurrency=None):
+    def run_many(self, feed_dicts, outputs=None, concurrency=None, cache=True):
         """Run the model on many inputs, as many at once as the backend does best.
 
         Throughput mode (issue 3, requirement 5): OpenVINO keeps ``concurrency``
@@ -187,6 +249,9 @@ class Session(object):
                 choice: OpenVINO's optimal number of requests for the compiled
                 model, 1 under the LATENCY hint; 1 for other backends, whose one
                 call already uses every core).
+            cache: consult the session's cache, if it has one (default True): hits
+                are answered from it, and only the misses run (each distinct input
+                once).
 
         Returns:
             list of dicts output name -> numpy array, one per feed dict, in order.
@@ -219,9 +284,18 @@ class Session(object):
         if outputs is not None:
             outputs = self._check_outputs(outputs)
         many = getattr(runner, "run_many", None)
-        if many is None:
-            return run_in_threads(runner, checked, outputs, concurrency)
-        return many(checked, outputs, concurrency)
+
+        def run_all(feeds_list):
+            if many is None:
+                return run_in_threads(runner, feeds_list, outputs, concurrency)
+            return many(feeds_list, outputs, concurrency)
+        store = self.cache
+        if store is None or not cache:
+            return run_all(checked)
+        names = self._output_names if outputs is None else outputs
+        keys = [store.key(self.model_hash, feeds, names) for feeds in checked]
+        return store.get_or_run_many(
+            keys, lambda indices: run_all([checked[i] for i in indices]))
 
     def _checked(self, feeds, caller):
         """``feeds`` with every input checked: the caller's own dict when nothing
@@ -337,7 +411,8 @@ def _check_concurrency(concurrency):
             concurrency), "Leave it out (None) for the backend's own choice.")
 
 
-def load(path, device=None, backend_options=None, verify=True):
+def load(path, device=None, backend_options=None, verify=True, cache=None, shard_mode=None,
+         shard_budget_mb=None):
     """Open a bundle and prepare it for inference.
 
     Args:
@@ -350,6 +425,14 @@ def load(path, device=None, backend_options=None, verify=True):
             ``{"intra_op_threads": 2}`` for ONNX Runtime or ``{"performance_hint":
             "THROUGHPUT"}`` for OpenVINO.  Unknown keys are refused.
         verify: check every file's sha256 (default True).
+        cache: an :class:`edgeinfer.Cache` for :meth:`Session.run` to consult (default
+            None: results are not cached).  Ignored, with a note, for a bundle whose
+            manifest says ``"deterministic": false``.
+        shard_mode: for a sharded bundle, ``"resident"`` (every partition loaded) or
+            ``"stream"`` (at most the shard budget of partitions resident, the next
+            one loading while one runs) (default None: ``"resident"``).
+        shard_budget_mb: MiB of partitions ``"stream"`` may keep resident (default
+            None: the budget the bundle was sharded for).
 
     Returns:
         Session
@@ -358,10 +441,14 @@ def load(path, device=None, backend_options=None, verify=True):
         BundleError: the bundle is missing, corrupt, tampered or of a newer format.
         BackendError: its backend is unknown, not installed here, too old, lacks the
             device, or refuses the model.
-        UsageError: an unknown backend option, or ``device`` disagreeing with
-            ``backend_options["device"]``.
+        UsageError: an unknown backend option, ``device`` disagreeing with
+            ``backend_options["device"]``, or a ``cache`` that is not a Cache.
     """
     backend_options = _with_device(device, backend_options)
+    if cache is not None and not isinstance(cache, Cache):
+        raise UsageError("cache must be an edgeinfer.Cache, not {}.".format(
+            type(cache).__name__), "Example: edgeinfer.load(path, cache=edgeinfer.Cache("
+            "memory_mb=64)).")
     bundle = Bundle.open(path, verify=verify)
     try:
         backend = get_backend(bundle.backend)
@@ -372,9 +459,15 @@ def load(path, device=None, backend_options=None, verify=True):
     notes = check_compatible(bundle, backend)
     for note in notes:
         warnings.warn(note)
-    runner = backend.load(ModelFiles(bundle, bundle.manifest["model"]), backend_options)
+    if bundle.manifest.get("partitions") or shard_mode is not None or shard_budget_mb is not None:
+        # Sharded bundles (issue 7): the partitions run through the same backend.
+        from .shard import open_sharded
+        runner = open_sharded(bundle, backend, backend_options, shard_mode or "resident",
+                              shard_budget_mb)
+    else:
+        runner = backend.load(ModelFiles(bundle, bundle.manifest["model"]), backend_options)
     _check_runner_matches(bundle, runner)
-    return Session(bundle, runner, notes)
+    return Session(bundle, runner, notes, cache=cache)
 
 
 def _check_runner_matches(bundle, runner):

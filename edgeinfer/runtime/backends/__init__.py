@@ -17,12 +17,14 @@ The contract (see DESIGN.md, "Backend"):
 """
 
 import importlib
+import os
 
 from ...errors import BackendError, UsageError
 
 REGISTRY = {
     "onnxruntime": "edgeinfer.runtime.backends.ort:OrtBackend",
     "openvino": "edgeinfer.runtime.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgeinfer.runtime.backends.tensorrt:TensorRtBackend",
 }
 
 
@@ -44,6 +46,35 @@ def get_backend(name):
     except ImportError as exc:
         raise BackendError("Backend {!r} cannot be loaded: {}.".format(name, exc))
     return getattr(module, class_name)()
+
+
+def merge_options(backend, options, defaults):
+    """``options`` over a backend's ``defaults``, refusing keys it does not know.
+
+    Raises:
+        UsageError: an unknown option, naming the valid ones.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UsageError("Unknown {} option(s): {}.".format(backend, ", ".join(unknown)),
+                         "Valid options: {}.".format(", ".join(sorted(defaults))))
+    merged = dict(defaults)
+    merged.update(options)
+    return merged
+
+
+def cache_dir(backend):
+    """The per-user folder a backend keeps its compiled models in.
+
+    ``$EDGEINFER_CACHE_DIR/<backend>`` when that is set, else
+    ``$XDG_CACHE_HOME/edgeinfer/<backend>``, else ``~/.cache/edgeinfer/<backend>``.
+    """
+    root = os.environ.get("EDGEINFER_CACHE_DIR")
+    if root:
+        return os.path.join(os.path.expanduser(root), backend)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "edgeinfer", backend)
 
 
 def run_in_threads(runner, feed_dicts, output_names=None, concurrency=None):

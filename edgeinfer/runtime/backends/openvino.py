@@ -103,11 +103,8 @@ def default_cache_dir():
     ``$EDGEINFER_CACHE_DIR/openvino`` when that is set, else
     ``$XDG_CACHE_HOME/edgeinfer/openvino``, else ``~/.cache/edgeinfer/openvino``.
     """
-    root = os.environ.get("EDGEINFER_CACHE_DIR")
-    if root:
-        return os.path.join(os.path.expanduser(root), "openvino")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "edgeinfer", "openvino")
+    from . import cache_dir
+    return cache_dir("openvino")
 
 
 def check_options(options, local=False):

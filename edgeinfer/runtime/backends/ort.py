@@ -13,6 +13,10 @@ DEFAULT_OPTIONS = {
     "intra_op_threads": 0,        # 0: ONNX Runtime picks (one per physical core)
     "inter_op_threads": 0,
     "graph_optimization": "all",  # none | basic | extended | all
+    # Pool threads stop spin-waiting when a run returns (ORT's session.force_spinning_stop):
+    # sharded models run one session after another, and each one's spinning threads
+    # would take the cores from the next (issue 7).
+    "stop_spinning": False,
 }
 
 # Device names edgeinfer.load(device=...) takes for ONNX Runtime, and their providers.
@@ -68,6 +72,8 @@ def session_options(options):
     opts.intra_op_num_threads = int(options["intra_op_threads"])
     opts.inter_op_num_threads = int(options["inter_op_threads"])
     opts.log_severity_level = 3
+    if options["stop_spinning"]:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts
 
 
@@ -110,8 +116,11 @@ class OrtBackend(object):
             raise BackendError("ONNX Runtime here lacks execution provider(s) {}.".format(
                 ", ".join(missing)), "Available: {}.".format(
                     ", ".join(ort.get_available_providers())))
+        # Files on disk load from their path: ONNX Runtime then maps external weights
+        # (a sharded bundle's partitions, issue 7) instead of copying them.
+        model = files.paths[files.entry] if hasattr(files, "paths") else files.read()
         try:
-            session = ort.InferenceSession(files.read(), session_options(options),
+            session = ort.InferenceSession(model, session_options(options),
                                            providers=providers)
         except Exception as exc:  # ORT raises its own non-exported exception types
             raise BackendError("ONNX Runtime cannot load {!r}: {}".format(
