@@ -511,6 +511,62 @@ def doctor(as_json):
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--runs", type=int, help="Timed calls per bundle and batch size (default 100).")
+@click.option("--duration", "duration_s", type=float, metavar="SECONDS",
+              help="Instead of --runs: seconds per latency phase and throughput setting.")
+@click.option("--warmup", default=5, show_default=True, type=int,
+              help="Untimed calls per bundle and batch size first.")
+@click.option("--batch", "batches", default="1", show_default=True, metavar="N[,N...]",
+              help="Batch sizes, e.g. 1,4.")
+@click.option("--concurrency", default="1", show_default=True, metavar="N[,N...]",
+              help="Requests in flight for the throughput runs, e.g. 1,2,4.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the full report (schema edgeinfer-bench/1) here.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False),
+              help="Write the Markdown tables here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a PNG (latency distribution, throughput vs concurrency); "
+                   "needs matplotlib.")
+@click.option("--device", help="Where to run, as for `edgeinfer run`.")
+@click.option("--threads", type=int, help="Inference threads (default: the backend's choice).")
+@click.option("--pin-cores", metavar="C[,C...]", help="Pin this process to these CPU cores.")
+@click.pass_context
+def bench(ctx, bundles, runs, duration_s, warmup, batches, concurrency, json_path, md_path,
+          plot_path, device, threads, pin_cores):
+    """Measure bundles side by side: load, latency, throughput, memory, energy."""
+    from . import bench as benchmarks
+    from .errors import EdgeInferError, MissingDependency
+    batches = benchmarks.parse_int_list(batches, "--batch")
+    levels = benchmarks.parse_int_list(concurrency, "--concurrency")
+    cores = benchmarks.parse_int_list(pin_cores, "--pin-cores") if pin_cores else None
+    quiet = bool(ctx.find_root().params.get("quiet"))
+    report = benchmarks.bench(list(bundles), runs=runs, duration_s=duration_s, warmup=warmup,
+                              batches=batches, concurrency=levels, device=device,
+                              threads=threads, cores=cores,
+                              progress=benchmarks.Progress(enabled=not quiet))
+    if json_path:
+        benchmarks.write_json(report, json_path)
+    if md_path:
+        benchmarks.write_markdown(report, md_path)
+    click.echo(benchmarks.markdown(report), nl=False)
+    written = ", ".join(p for p in (json_path, md_path) if p)
+    if plot_path:
+        try:
+            benchmarks.write_plot(report, plot_path)
+        except MissingDependency as exc:
+            # The measurements are the expensive part: they are kept, only the PNG is missing.
+            raise MissingDependency("--plot needs matplotlib, which is not installed; {} "
+                                    "written.".format(written or "the tables were"),
+                                    "pip install edgeinfer[report] ({}).".format(exc.message))
+    failed = report["totals"]["failed"]
+    if failed:
+        raise EdgeInferError("{} of {} bundles could not be measured: {}.".format(
+            len(failed), len(bundles), ", ".join(failed)),
+            "Their one-line errors are in the report; the others were measured.")
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(),
               help="Folder for the demo bundles.")
 def demo(out):

@@ -35,6 +35,8 @@ DEVICE_MODULES = [
     "edgeinfer.runtime.cache.counters", "edgeinfer.runtime.cache.admin",
     "edgeinfer.runtime.cache.writer",
     "edgeinfer.partitions", "edgeinfer.runtime.shard",
+    "edgeinfer.bench", "edgeinfer.bench.core", "edgeinfer.bench.sensors",
+    "edgeinfer.bench.reports",
 ]
 
 # Frameworks the device side may only import lazily, inside the code that needs them.
@@ -162,7 +164,7 @@ def test_device_code_runs_on_old_pythons():
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["inspect", "--help"],
                                   ["convert", "--help"], ["doctor", "--help"],
                                   ["cache", "stats", "--help"], ["cache", "clear", "--help"],
-                                  ["push", "--help"], ["warm", "--help"]])
+                                  ["push", "--help"], ["warm", "--help"], ["bench", "--help"]])
 def test_cli_help_imports_no_framework(args):
     statements = "\n".join([
         "from edgeinfer.cli import main",

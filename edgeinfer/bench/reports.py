@@ -1,0 +1,202 @@
+"""A bench report (see :mod:`edgeinfer.bench`) as JSON, a Markdown table and a PNG.
+
+Files are written under a temporary name and renamed, so a reader never sees half
+a report.  matplotlib is optional (``edgeinfer[report]``) and imported only for
+:func:`write_plot`.
+"""
+
+import io
+import json
+import os
+
+from ..lazy import require
+from ..runtime.engine_cache import write_atomic
+
+MISSING = "-"
+
+
+def _atomic_write(path, data):
+    """Write bytes or text under a temporary name and rename (the engine cache's writer)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    path = os.path.abspath(path)
+    write_atomic(path, data if isinstance(data, bytes) else data.encode("utf-8"))
+    # The temporary file was created private (0600); a report is for sharing, so it gets
+    # the mode any new file would get here.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_json(report, path):
+    """Write the report as indented JSON."""
+    _atomic_write(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def _num(value, digits=2):
+    if value is None:
+        return MISSING
+    return "{:.{}f}".format(value, digits)
+
+
+def _ratio(value):
+    return MISSING if value is None else "{:.2f}x".format(value)
+
+
+def _top1(entry):
+    """(top-1, drop in points vs FP32) of the bundle's first classifier output, as text."""
+    accuracy = entry.get("accuracy") or {}
+    for _, metrics in sorted((accuracy.get("outputs") or {}).items()):
+        if "top1" in metrics:
+            drop = metrics.get("top1_drop_points")
+            return ("{:.2f}%".format(100.0 * metrics["top1"]),
+                    # -0.0 would print as "-0.00": a drop of nothing is shown as +0.00.
+                    MISSING if drop is None else "{:+.2f}".format(-drop if drop else 0.0))
+        if "cosine_mean" in metrics:
+            return ("cos {:.4f}".format(metrics["cosine_mean"]), MISSING)
+    return MISSING, MISSING
+
+
+def machine_line(report):
+    """One line of machine facts for the top of a report."""
+    machine = report["machine"]
+    cpu = machine.get("cpu") or {}
+    flags = [k for k in ("avx2", "avx512", "vnni", "amx", "neon", "dotprod", "i8mm", "fp16")
+             if cpu.get(k)]
+    backends = ", ".join("{} {}".format(name, str(info["version"]).split("-")[0])
+                         for name, info in sorted((machine.get("backends") or {}).items())
+                         if info.get("available"))
+    ram = machine.get("ram_mb")
+    return ("{} ({} cores; {}), {} RAM, {}, Python {}, profile {}; backends: {}".format(
+        cpu.get("model") or "unknown CPU", cpu.get("cores"), " ".join(flags) or "no SIMD flags",
+        MISSING if ram is None else "{:.1f} GiB".format(ram / 1024.0), machine.get("os"),
+        machine.get("python"), machine.get("profile"), backends or "none"))
+
+
+def markdown(report):
+    """The report as Markdown: machine facts, a comparison table, a throughput table."""
+    settings = report["settings"]
+    sensors = report["sensors"]
+    first = settings["batches"][0]
+    how = ("{} runs".format(settings["runs"]) if settings["runs"] is not None
+           else "{:g} s".format(settings["duration_s"]))
+    lines = ["# edgeinfer bench", "",
+             "Machine: {}.".format(machine_line(report)),
+             "Settings: {}, warmup {}, batch {}, concurrency {}, device {}, threads {}{}. "
+             "Latency interleaved across bundles; ratios vs {}.".format(
+                 how, settings["warmup"], ",".join(map(str, settings["batches"])),
+                 ",".join(map(str, settings["concurrency"])), settings["device"] or "default",
+                 settings["threads"] or "default",
+                 ", pinned to cores {}".format(settings["pinned_cores"])
+                 if settings["pinned_cores"] else "", report["baseline"] or MISSING),
+             "Energy: {}. Temperature: {}.".format(
+                 sensors["energy"] or sensors["energy_note"],
+                 "{} -> {} C".format(_num(sensors["temperature_c_start"], 1),
+                                     _num(sensors.get("temperature_c_end"), 1))
+                 if sensors["temperature_c_start"] is not None else sensors["temperature_note"]),
+             ""]
+    lines.append("| bundle | precision | backend | top-1 | vs FP32 (pts) | load cold ms "
+                 "| load warm ms | first ms | p50 ms | p90 ms | p99 ms | max ms | p50 ratio "
+                 "| best samples/s | peak RSS MiB |")
+    lines.append("|" + " --- |" * 15)
+    for entry in report["bundles"]:
+        if not entry["ok"]:
+            continue
+        lat = next((r for r in entry["latency"] if r["batch"] == first), {})
+        ratio = next((r["ratio"] for r in entry["ratios"]["latency_p50"]
+                      if r["batch"] == first), None)
+        best = max([r["samples_per_s"] for r in entry["throughput"]] or [None],
+                   key=lambda v: -1 if v is None else v)
+        top1, drop = _top1(entry)
+        lines.append("| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
+                     "| {} |".format(
+                         entry["label"], entry["precision"], entry["backend"],
+                         # "2026.4.1-22982-e213a...-releases/2026/4": the release is enough.
+                         (entry["backend_version"] or "").split("-")[0], top1, drop,
+                         _num(1000.0 * entry["load"]["cold_s"], 1),
+                         _num(1000.0 * entry["load"]["warm_s"], 1),
+                         _num(entry["first_inference_ms"], 2), _num(lat.get("p50_ms"), 3),
+                         _num(lat.get("p90_ms"), 3), _num(lat.get("p99_ms"), 3),
+                         _num(lat.get("max_ms"), 3), _ratio(ratio), _num(best, 0),
+                         _num(entry["memory"]["peak_rss_mb"], 1)))
+    lines.append("")
+    lines.append("Latency at batch {}. Throughput:".format(first))
+    lines.append("")
+    lines.append("| bundle | batch | concurrency | inferences/s | samples/s | ratio | CPU % "
+                 "| energy mJ/inference |")
+    lines.append("|" + " --- |" * 8)
+    for entry in report["bundles"]:
+        if not entry["ok"]:
+            continue
+        ratios = dict(((r["batch"], r["concurrency"]), r["ratio"])
+                      for r in entry["ratios"]["throughput"])
+        for row in entry["throughput"]:
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                entry["label"], row["batch"], row["concurrency"], _num(row["inferences_per_s"], 0),
+                _num(row["samples_per_s"], 0), _ratio(ratios.get((row["batch"],
+                                                                  row["concurrency"]))),
+                _num(row["cpu_percent"], 0),
+                _num(row["energy_per_inference_mj"], 3) if row["energy_j"] is not None
+                else "not available here"))
+    failed = [e for e in report["bundles"] if not e["ok"]]
+    if failed:
+        lines.extend(["", "Not measured:", ""])
+        lines.extend("- {}: {}".format(e["path"], e["error"]) for e in failed)
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report, path):
+    """Write :func:`markdown` to ``path``."""
+    _atomic_write(path, markdown(report))
+
+
+def write_plot(report, path):
+    """Write a PNG: latency distribution per bundle, and throughput vs concurrency.
+
+    Raises:
+        MissingDependency: matplotlib is not installed (``pip install edgeinfer[report]``).
+    """
+    matplotlib = require("matplotlib", "bench plots (--plot)")
+    matplotlib.use("Agg")  # no display on a device; must precede pyplot's import
+    pyplot = require("matplotlib.pyplot", "bench plots (--plot)")
+    measured = [e for e in report["bundles"] if e["ok"]]
+    batches = report["settings"]["batches"]
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    data, labels = [], []
+    for entry in measured:
+        for row in entry["latency"]:
+            data.append(row["samples_ms"])
+            labels.append(entry["label"] if len(batches) == 1
+                          else "{}\nbatch {}".format(entry["label"], row["batch"]))
+    if data:
+        left.boxplot(data, whis=(1, 99), showfliers=True)
+        left.set_xticks(range(1, len(labels) + 1))
+        left.set_xticklabels(labels, rotation=20, fontsize=8)
+    # Log scale: one slow outlier (a page fault, a scheduler hiccup) would otherwise
+    # squash every box into a line at the bottom.
+    left.set_yscale("log")
+    left.set_ylabel("latency per call (ms, log scale)")
+    left.set_title("Latency distribution (whiskers p1-p99)")
+    left.grid(axis="y", alpha=0.3)
+    for entry in measured:
+        for batch in batches:
+            rows = [r for r in entry["throughput"] if r["batch"] == batch]
+            if rows:
+                right.plot([r["concurrency"] for r in rows], [r["samples_per_s"] for r in rows],
+                           marker="o", label="{} (batch {})".format(entry["label"], batch))
+    right.set_xlabel("requests in flight (concurrency)")
+    right.set_ylabel("samples / s")
+    right.set_xticks(report["settings"]["concurrency"])
+    right.set_title("Throughput vs concurrency")
+    right.grid(alpha=0.3)
+    if measured:
+        right.legend(fontsize=8)
+    figure.suptitle("edgeinfer bench: {}".format(machine_line(report)), fontsize=7)
+    figure.tight_layout()
+    data = io.BytesIO()
+    try:
+        figure.savefig(data, dpi=100, format="png")
+    finally:
+        pyplot.close(figure)
+    _atomic_write(path, data.getvalue())
