@@ -50,12 +50,9 @@ import onnxruntime as ort  # noqa: E402
 import openvino as ov  # noqa: E402
 
 import edgeinfer  # noqa: E402
-from bench_core import interleaved, md_table, natural_images, write_section  # noqa: E402
+from bench_core import (DEMO, DEMO_CALIB, DEMO_EVAL, interleaved, md_table,  # noqa: E402
+                        natural_images, write_section)
 from build_bench_models import build  # noqa: E402
-
-DEMO = os.path.join(ROOT, "models", "digits_cnn.onnx")
-DEMO_CALIB = os.path.join(ROOT, "calibration", "digits")
-DEMO_EVAL = os.path.join(ROOT, "calibration", "digits-eval")
 TITLE = "OpenVINO recipes (issue 3)"
 PAUSE = 0.06  # seconds before each timed call: pool threads spin ~40 ms after a run
 
