@@ -73,3 +73,9 @@ class ConversionError(EdgeInferError):
 
 class InternalError(Exception):
     """A bug in edgeinfer, not a user mistake: report it."""
+
+
+def first_line(exc):
+    """An exception's first line of text, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

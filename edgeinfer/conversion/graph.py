@@ -43,7 +43,7 @@ import logging
 import re
 from typing import NamedTuple
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..lazy import require
 from .sensitivity import name_nodes
 from .source import QUANT_OPSET, default_opset
@@ -75,11 +75,6 @@ class Normalized(NamedTuple):
     record: dict
 
 
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def upgrade_opset(model, opset=QUANT_OPSET):
     """Convert ``model`` to ``opset`` when its default-domain opset is lower.
 
@@ -100,7 +95,7 @@ def upgrade_opset(model, opset=QUANT_OPSET):
     try:
         return version_converter.convert_version(model, opset), current
     except Exception as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         # Its C++ assertions read "path/adapter.h:35: operator(): Assertion `...` failed:
         # <reason>"; the reason is what the user can act on.
         message = re.sub(r"^.*Assertion .* failed: ", "", message)
@@ -272,7 +267,7 @@ def _symbolic_shapes(model):
     try:
         symbolic = require("onnxruntime.tools.symbolic_shape_infer", "shape inference")
     except Exception as exc:  # sympy missing is an ImportError inside that module
-        return None, "is not available ({})".format(_first_line(exc))
+        return None, "is not available ({})".format(first_line(exc))
     with _watch(logging.getLogger(symbolic.__name__)) as watch:
         try:
             engine = symbolic.SymbolicShapeInference(int_max=2 ** 31 - 1, auto_merge=False,
@@ -283,7 +278,7 @@ def _symbolic_shapes(model):
                 complete = engine._infer_impl()
             engine._update_output_from_vi()
         except Exception as exc:
-            return None, "failed: " + _first_line(exc)
+            return None, "failed: " + first_line(exc)
     if not complete:
         # auto_merge would equate the clashing dims (seq == width) in the model's
         # value_info, which is a guess about the user's data; ONNX inference is not.
@@ -309,7 +304,7 @@ def infer_shapes(model):
         return (onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True),
                 "onnx", why)
     except Exception as exc:
-        return model, "none", "{}; ONNX shape inference failed: {}".format(why, _first_line(exc))
+        return model, "none", "{}; ONNX shape inference failed: {}".format(why, first_line(exc))
 
 
 def normalize(model, opset=QUANT_OPSET):

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ..errors import DataError, EdgeInferError, UsageError
+from ..errors import DataError, EdgeInferError, UsageError, first_line
 
 # Evaluation inputs are kept in memory up to this many bytes (default of
 # ReferenceOutputs); a larger set is read again from its files for each candidate.
@@ -240,7 +240,7 @@ class ReferenceOutputs(object):
             except Exception as exc:
                 raise DataError(
                     "The FP32 model cannot run on evaluation batch {}: {}".format(
-                        index + 1, _first_line(exc)),
+                        index + 1, first_line(exc)),
                     "The evaluation data must fit the model's inputs ({}).".format(
                         ", ".join("{} {}".format(k, list(np.shape(v)))
                                   for k, v in sorted(batch.items()))))
@@ -337,11 +337,6 @@ def _stack_labels(per_batch):
     return np.concatenate(per_batch, axis=0)
 
 
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def evaluate(reference, candidate_run, metric=None, top_k=5):
     """Run a candidate over the evaluation set and measure it against FP32.
 
@@ -389,7 +384,7 @@ def call_metric(metric, reference_outputs, candidate_outputs, labels):
     except EdgeInferError:
         raise
     except Exception as exc:
-        raise UsageError("The metric {!r} failed: {}".format(name, _first_line(exc)),
+        raise UsageError("The metric {!r} failed: {}".format(name, first_line(exc)),
                          "It is called as metric(reference_outputs, candidate_outputs, "
                          "labels): dicts output name -> array (all samples), labels an "
                          "int64 array or None.")

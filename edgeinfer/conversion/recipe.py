@@ -11,7 +11,7 @@ import logging
 import time
 from typing import NamedTuple, Optional
 
-from ..errors import ConversionError, EdgeInferError, UsageError
+from ..errors import ConversionError, EdgeInferError, UsageError, first_line
 from ..memory import peak_rss_mb, reset_peak
 from ..tensors import fixed_batch
 
@@ -151,7 +151,6 @@ def recipe_step(what):
     except EdgeInferError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError("{} failed: {}".format(what, first),
+        raise ConversionError("{} failed: {}".format(what, first_line(exc)),
                               "Run with --debug for the full error; if the model runs in "
                               "ONNX Runtime as FP32, please report it.")
