@@ -657,6 +657,53 @@ def test_two_processes_share_one_bounded_disk_cache(tmp_path):
         tier.close()
 
 
+def _warm_index(cache):
+    """Enough lookups of absent keys for the disk tier to build its key filter."""
+    from edgeinfer.runtime.cache.diskindex import WARM_LOOKUPS
+    for i in range(WARM_LOOKUPS + 1):
+        assert cache.get(cache.key(MODEL, feeds(10000 + i), ["y"])) is None
+
+
+def test_after_warm_up_a_disk_miss_costs_no_sqlite_query(tmp_path):
+    folder = str(tmp_path / "c")
+    cache = Cache(memory_mb=0, disk_dir=folder, write_behind=False)
+    before = [cache.key(MODEL, feeds(i), ["y"]) for i in range(50)]
+    for key in before:
+        cache.set(key, {"y": np.ones(3, np.float32)})
+    _warm_index(cache)
+    statements = []
+    cache.disk._cache._con.set_trace_callback(statements.append)
+    assert cache.get(cache.key(MODEL, feeds(-5), ["y"])) is None
+    assert statements == []                                # answered by the filter alone
+    # Every key on disk before the filter was built, and every key written since, is found.
+    later = cache.key(MODEL, feeds(-6), ["y"])
+    cache.set(later, {"y": np.ones(3, np.float32)})
+    assert all(cache.get(key) is not None for key in before + [later])
+    assert any(s.startswith("SELECT") for s in statements)
+    cache.disk._cache._con.set_trace_callback(None)
+    cache.close()
+
+
+def test_results_another_writer_stored_are_found_within_disk_index_s(tmp_path):
+    folder = str(tmp_path / "c")
+    cache = Cache(memory_mb=0, disk_dir=folder, disk_index_s=0.2)
+    _warm_index(cache)
+    other = Cache(memory_mb=0, disk_dir=folder, write_behind=False)   # another process's view
+    key = other.key(MODEL, feeds(7), ["y"])
+    other.set(key, {"y": np.full(3, 7, np.float32)})
+    time.sleep(0.3)
+    found = cache.get(key)
+    assert found is not None and found["y"][0] == 7
+    # Cleared elsewhere, then refilled: the rowids start again, the filter is rebuilt.
+    other.clear()
+    again = other.key(MODEL, feeds(8), ["y"])
+    other.set(again, {"y": np.full(3, 8, np.float32)})
+    time.sleep(0.3)
+    assert cache.get(again)["y"][0] == 8 and cache.get(key) is None
+    other.close()
+    cache.close()
+
+
 def test_disk_lru_keeps_what_is_read(tmp_path):
     # Written by the callers (no write-behind): each set lands, then culls, at once.
     cache = Cache(memory_mb=0, disk_dir=str(tmp_path / "c"), disk_mb=1, write_behind=False)

@@ -78,6 +78,12 @@ class Cache(object):
             in memory; results still queued are found by lookups, and are flushed
             by :meth:`flush`, :meth:`close` and at interpreter exit.  False: the
             caller writes them before returning.
+        disk_index_s: a process that has looked up more than a few dozen keys
+            keeps a filter of the keys on disk, so that a miss costs no SQLite
+            query (:mod:`.diskindex`); results other processes wrote become
+            visible to it at most this many seconds later (default 1.0; until
+            then such a result is computed again, never answered wrongly).  0: no
+            filter.
 
     Raises:
         UsageError: a negative or non-numeric size or time, no tier at all, an
@@ -88,7 +94,7 @@ class Cache(object):
 
     def __init__(self, memory_mb=64, disk_dir=None, disk_mb=1024, redis_url=None, ttl_s=None,
                  redis_timeout_s=0.1, redis_retry_s=5.0, namespace="edgeinfer", key_hash="auto",
-                 disk_timeout_s=1.0, write_behind=True):
+                 disk_timeout_s=1.0, write_behind=True, disk_index_s=1.0):
         _number("memory_mb", memory_mb, zero=True)
         _number("disk_mb", disk_mb)
         if ttl_s is not None:
@@ -96,6 +102,7 @@ class Cache(object):
         _number("redis_timeout_s", redis_timeout_s)
         _number("redis_retry_s", redis_retry_s, zero=True)
         _number("disk_timeout_s", disk_timeout_s)
+        _number("disk_index_s", disk_index_s, zero=True)
         if disk_dir is not None and not isinstance(disk_dir, (str, os.PathLike)):
             raise UsageError("disk_dir must be a folder path, not {}.".format(
                 type(disk_dir).__name__), "Leave it out (None) for no disk tier.")
@@ -111,8 +118,8 @@ class Cache(object):
         self.ttl_s = ttl_s
         self.hash_name, self._hasher = hasher_factory(key_hash)
         self.memory = MemoryTier(int(memory_mb * MB)) if memory_mb > 0 else None
-        self.disk = (DiskTier(os.fspath(disk_dir), int(disk_mb * MB), disk_timeout_s)
-                     if disk_dir is not None else None)
+        self.disk = (DiskTier(os.fspath(disk_dir), int(disk_mb * MB), disk_timeout_s,
+                              disk_index_s) if disk_dir is not None else None)
         self.redis = (RedisTier(redis_url, redis_timeout_s, redis_retry_s, namespace)
                       if redis_url is not None else None)
         # The tiers below memory, slowest last; each holds frames (bytes).

@@ -29,6 +29,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .counters import Counters
+from .diskindex import KeyIndex
 from .values import CorruptEntry
 
 # diskcache's own value file names (Disk.filename): two folder levels, 28 hex + ".val".
@@ -112,6 +113,10 @@ class DiskTier(object):
             a cache without changing it).
         timeout_s: longest wait for SQLite's lock held by another process
             before the call gives up (a miss, counted under ``errors``).
+        index_s: keep an in-memory filter of the keys on disk so that most misses
+            skip SQLite (:mod:`.diskindex`), reading rows other processes added at
+            most this many seconds apart (default 1.0; 0: no filter, every
+            lookup asks SQLite).
 
     The tier is off (``enabled`` False, ``warning`` set) when the directory cannot
     be created or opened, or is not private.
@@ -119,13 +124,14 @@ class DiskTier(object):
 
     name = "disk"
 
-    def __init__(self, directory, limit_bytes, timeout_s=1.0):
+    def __init__(self, directory, limit_bytes, timeout_s=1.0, index_s=1.0):
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self.limit_bytes = None if limit_bytes is None else int(limit_bytes)
         self.warning = None
         self.counts = Counters(("hits", "misses", "sets", "evictions", "expired", "corrupt",
                                 "errors", "too_large"))
         self._cache = None
+        self._index = KeyIndex(index_s) if index_s > 0 else None
         try:
             prepare_directory(self.directory)
             limit = {} if limit_bytes is None else {"size_limit": self.limit_bytes}
@@ -156,6 +162,9 @@ class DiskTier(object):
         ``hits`` or calls :meth:`dropped`.
         """
         try:
+            if self._index is not None and self._index.absent(key, self._cache._sql):
+                self.counts.add("misses")
+                return None
             # A plain SELECT first: under LRU, get() is a write transaction (it
             # records the access) even when the key is absent.
             data = self._cache.get(key) if key in self._cache else None
@@ -208,6 +217,8 @@ class DiskTier(object):
             with self._cache.transact():
                 for key, data, expire_s in fitting:
                     self._cache.set(key, data, expire=expire_s)
+            if self._index is not None:
+                self._index.add([item[0] for item in fitting])
             self.counts.add("sets", len(fitting))
             # Measuring the volume is two queries: do it once per batch.
             if self._cache.volume() > self.limit_bytes:
@@ -236,6 +247,8 @@ class DiskTier(object):
             OSError, sqlite3.Error, diskcache.Timeout: the directory cannot be changed.
         """
         if model is None:
+            if self._index is not None:
+                self._index.reset()
             return self._cache.clear()
         doomed = [k for k in self.keys() if key_model(k) == model]
         return sum(1 for k in doomed if self._cache.delete(k))
