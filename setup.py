@@ -30,6 +30,9 @@ EXTRAS = {
     "openvino": ["openvino>=2024.0"],
     # workstation side
     "convert": CONVERT,
+    # quantization-aware training (edgeinfer.qat): torch, pinned exactly like [dev]'s (any
+    # other requirement pulls a multi-GB CUDA build here), with what export needs.
+    "qat": ["torch==2.13.0", "onnx>=1.14"],
     # TensorRT comes with JetPack (python3-libnvinfer), never from pip on a Jetson: this
     # brings the CUDA binding its runner needs, pycuda on JetPack 4.6's Python 3.6 and
     # cuda-python (NVIDIA's own) on the Pythons of JetPack 5 and 6.

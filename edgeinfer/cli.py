@@ -76,9 +76,16 @@ def _json_option(value, what):
               help="Default: the target's preferred precision (int8 for CPUs and "
                    "jetson-orin, fp16 for jetson-nano).")
 @click.option("-m", "--method", default="auto", show_default=True,
-              type=click.Choice(["auto", "static", "dynamic", "weights-only"]),
+              type=click.Choice(["auto", "static", "dynamic", "weights-only", "qat"]),
               help="INT8 method: auto = static for conv nets; for MatMul-heavy models dynamic "
-                   "(ONNX Runtime) or weights-only (OpenVINO).")
+                   "(ONNX Runtime) or weights-only (OpenVINO); qat (auto for a model with "
+                   "Q/DQ nodes) keeps a QAT model's trained INT8 scales, no calibration.")
+@click.option("--nondeterministic", is_flag=True,
+              help="The model's outputs vary for one input (sampling, dropout left on): "
+                   "the bundle says so, and no result cache stores its results.")
+@click.option("--fp32-reference", type=click.Path(), metavar="ONNX",
+              help="Q/DQ (QAT) models: the FP32 ONNX to validate against, e.g. the model "
+                   "before QAT (default: the model with its Q/DQ nodes removed).")
 @click.option("-c", "--calibration", type=click.Path(),
               help="Calibration data: image folder, .npz, or folder of .npy/.npz samples.")
 @click.option("-e", "--eval", "eval_data", type=click.Path(),
@@ -131,7 +138,7 @@ def convert(model, target, precision, method, calibration, eval_data, output, ca
             int8_variant, per_channel, calibration_size, eval_size, batch_size, preprocess,
             name, overwrite, no_speed_check, preset, model_type, fast_bias_correction,
             subset_size, ignored_names, ignored_types, max_accuracy_drop, min_cosine,
-            max_abs_error, budget_output):
+            max_abs_error, budget_output, fp32_reference, nondeterministic):
     """Convert an ONNX MODEL to an .eib bundle for a target, checked against FP32."""
     from .conversion import convert as run_convert
     from .report import describe_bundle
@@ -144,7 +151,8 @@ def convert(model, target, precision, method, calibration, eval_data, output, ca
         preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
         subset_size=subset_size, ignored_names=ignored_names, ignored_types=ignored_types,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_abs_error=max_abs_error,
-        budget_output=budget_output)
+        budget_output=budget_output, fp32_reference=fp32_reference,
+        deterministic=not nondeterministic)
     click.echo(describe_bundle(bundle, brief=True))
 
 

@@ -961,7 +961,9 @@ def test_a_hung_redis_stalls_no_longer_than_the_timeout():
         server.close()
 
 
-def test_redis_killed_mid_run_then_back(tmp_path):
+def test_redis_killed_mid_run_then_back(tmp_path, monkeypatch):
+    from edgeinfer.runtime.cache import writer
+    monkeypatch.setattr(writer, "LINGER_S", 5.0)    # results stay queued until flushed
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
     proc, port = start_redis(tmp_path)
@@ -979,9 +981,14 @@ def test_redis_killed_mid_run_then_back(tmp_path):
         stats = cache.stats()
         assert stats["tiers"]["redis"]["errors"] >= 1 and stats["warnings"]
         assert stats["tiers"]["redis"]["state"] == "down"
+        # Answers from the write-behind queue while Redis is down are not Redis hits.
+        hits = stats["tiers"]["redis"]["hits"]
+        assert cache.get(keys[4])["y"][0, 0] == 8         # from the queue
+        assert cache.stats()["tiers"]["redis"]["hits"] == hits
         proc, _ = start_redis(tmp_path, port)     # back, empty (no persistence)
         time.sleep(0.4)
         assert cache.get_or_run(keys[5], double(feeds(5)))["y"][0, 0] == 10
+        assert cache.flush(timeout_s=10)
         assert cache.get(keys[5]) is not None     # stored in the new Redis, read back
         assert cache.stats()["tiers"]["redis"]["state"] == "up"
         cache.close()
@@ -1078,6 +1085,23 @@ def test_a_bundle_can_opt_out(tmp_path, make_manifest, tiny_model):
     with pytest.raises(edgeinfer.errors.BundleError, match="'deterministic': 'no', not true"):
         Bundle.write(str(tmp_path / "bad.eib"), make_manifest(deterministic="no"),
                      {"model.onnx": tiny_model.data})
+
+
+def test_convert_nondeterministic_marks_the_bundle_and_run_caches_nothing(tmp_path, tiny_model):
+    from .test_cli import assert_ok, invoke
+    out = tmp_path / "sampling.eib"
+    assert_ok(invoke("convert", tiny_model.path, "-p", "fp32", "--nondeterministic",
+                     "--no-speed-check", "-o", out))
+    assert Bundle.open(str(out)).manifest["deterministic"] is False
+    cache = Cache(memory_mb=4)
+    session = edgeinfer.load(out, cache=cache)
+    assert session.cache is None
+    session.run(feeds(1))
+    assert cache.stats()["gets"] == 0
+    plain = tmp_path / "plain.eib"
+    assert_ok(invoke("convert", tiny_model.path, "-p", "fp32", "--no-speed-check", "-o", plain))
+    assert "deterministic" not in Bundle.open(str(plain)).manifest
+    assert edgeinfer.load(plain, cache=cache).cache is cache
 
 
 def test_load_refuses_a_cache_that_is_not_one(tiny_bundle):

@@ -29,7 +29,8 @@ from .source import load_source
 log = logging.getLogger("edgeinfer.conversion")
 
 PRECISIONS = ("int8", "fp16", "fp32")
-METHODS = ("auto", "static", "dynamic", "weights-only", "none")
+# qat: keep the INT8 scales of a Q/DQ model (issue 10, see prequantized.py).
+METHODS = ("auto", "static", "dynamic", "weights-only", "qat", "none")
 # NNCF's knobs (OpenVINO target, issue 3); None / () means "NNCF's default".
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = ("transformer",)
@@ -78,6 +79,12 @@ class Settings(NamedTuple):
     # Sharding (issue 7): MiB of weights per partition; None shards only when the
     # target profile's memory_mb is exceeded.
     shard_budget_mb: Optional[float] = None
+    # A Q/DQ (QAT) source's FP32 model to validate against (issue 10); None: the
+    # source with its Q/DQ removed (see prequantized.py).
+    fp32_reference: Optional[str] = None
+    # False: the model's outputs vary for one input (sampling, dropout left on); the
+    # bundle says so and caches never store its results (issue 6).
+    deterministic: bool = True
 
     def budget(self):
         """The :class:`~edgeinfer.conversion.metrics.Budget` asked for, or None.
@@ -106,12 +113,16 @@ def check_settings(settings):
     if settings.method not in METHODS:
         raise UsageError("Unknown method {!r}.".format(settings.method),
                          "Use one of: {}.".format(", ".join(METHODS)))
-    if settings.precision != "int8" and settings.method in ("static", "dynamic", "weights-only"):
+    if settings.precision != "int8" and settings.method in ("static", "dynamic", "weights-only",
+                                                            "qat"):
         raise UsageError("--method {} applies to INT8, not {}.".format(
             settings.method, settings.precision), "Drop --method, or use --precision int8.")
     for key in ("calibration_size", "batch_size"):
         if getattr(settings, key) < 1:
             raise UsageError("{} must be at least 1.".format(key.replace("_", "-")))
+    if settings.method == "qat" and settings.shard_budget_mb is not None:
+        raise UsageError("A Q/DQ (QAT) model is converted whole: sharding applies to FP32 "
+                         "sources.", "Drop the shard budget, or shard the FP32 model.")
     _check_recipe_knobs(settings)
     budget = settings.budget()
     if budget is not None and settings.precision != "int8":
@@ -250,10 +261,14 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
         model: path of the ONNX model.
         target: ``cpu`` (this machine's CPU) or a device profile (default ``cpu``).
         precision: ``int8``, ``fp16`` or ``fp32`` (default None: the target profile's
-            preferred one, e.g. ``int8`` for CPUs, ``fp16`` for jetson-nano).
+            preferred one, e.g. ``int8`` for CPUs, ``fp16`` for jetson-nano; ``int8``
+            for a Q/DQ model).
         method: INT8 method: ``auto`` (static for conv nets, dynamic for MatMul-heavy
-            graphs with ONNX Runtime, weight-only with OpenVINO), ``static``, ``dynamic``
-            (ONNX Runtime) or ``weights-only`` (OpenVINO) (default ``auto``).
+            graphs with ONNX Runtime, weight-only with OpenVINO; ``qat`` for a model
+            with Q/DQ nodes), ``static``, ``dynamic`` (ONNX Runtime), ``weights-only``
+            (OpenVINO) or ``qat``: keep the INT8 scales of a Q/DQ model, as exported
+            after quantization-aware training (:mod:`edgeinfer.qat`), with no
+            calibration (default ``auto``).
         calibration: calibration data: an image folder (optional labels file), an
             ``.npz`` or a folder of ``.npy``/``.npz`` samples (default None).
         eval: evaluation data in the same forms; with labels, top-1 is measured
@@ -275,6 +290,11 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
             (default None) cuts the model into partitions of at most that many MiB of
             weights (see :mod:`edgeinfer.conversion.shard`); without it a model whose
             weights exceed the target profile's ``memory_mb`` is sharded by itself.
+            ``fp32_reference`` (default None) is the FP32 ONNX a Q/DQ model is validated
+            against; without it, the Q/DQ model with its Q/DQ nodes removed (see
+            :mod:`edgeinfer.conversion.prequantized`).
+            ``deterministic`` (default True): False marks a model whose outputs vary
+            for one input, so that no cache stores its results.
 
     Returns:
         the written :class:`~edgeinfer.bundle.Bundle`.
@@ -286,6 +306,7 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
     if unknown:
         raise UsageError("Unknown convert option(s): {}.".format(", ".join(unknown)),
                          "Valid options: {}.".format(", ".join(Settings._fields)))
+    precision_asked = precision
     if precision is None:
         precision = resolve_target(target).precisions[0]
     settings = Settings(target=target, precision=precision, method=method, **options)
@@ -303,6 +324,12 @@ def convert(model, target="cpu", precision=None, method="auto", calibration=None
         return convert_sharded(model, recipe, profile, settings, shard_bytes, calibration, eval,
                                output, preprocess, name, overwrite, workdir)
     source = load_source(model)
+    from .prequantized import resolve
+    settings = resolve(settings, source, precision_asked)
+    if settings.precision not in profile.precisions:
+        raise UsageError("Target {} does not support INT8, which the Q/DQ model {} carries.".format(
+            profile.name, os.path.basename(source.path)),
+            "Convert the FP32 model for it (precision {}).".format(profile.precisions[0]))
     output = output or default_output(source.name, profile, settings.precision)
     _check_output(output, overwrite)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -386,12 +413,20 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
         _check_budget(budget, source, evaluation)
     # FP32 runs over the evaluation set once: the budget search and the final
     # validation both compare against these outputs (issue 4, requirement 5).
-    fp32_run = _lazy(_ort_runner, source.path)
+    reference_path, reference_info = source.path, None
+    if settings.method == "qat":
+        from .prequantized import reference_model
+        reference_path, reference_info = reference_model(source, settings.fp32_reference,
+                                                         workdir)
+    fp32_run = _lazy(_ort_runner, reference_path)
     reference = ReferenceOutputs(fp32_run, evaluation[0], [o.name for o in source.outputs])
     job = Job(source, profile, settings, features, calibration, calib_idx, batch, workdir,
-              reference, budget)
+              reference, budget, reference_path)
     result = recipe.build(job)
     notes = list(result.notes)
+    if settings.method == "qat" and calibration is not None:
+        notes.append("The INT8 scales come from the Q/DQ model (QAT): --calibration served "
+                     "only as evaluation data.")
     if features is not None and settings.precision == "int8":
         notes.extend(_backend_advice(source, features, recipe.backend))
     # A recipe whose backend cannot run here (TensorRT needs an NVIDIA GPU) names the
@@ -403,6 +438,8 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
         inputs, outputs = runner.inputs, runner.outputs
     finally:
         runner.close()
+    if reference_info is not None:
+        validation["reference"] = reference_info
     control = result.accuracy_control
     if control is not None:
         _final_check(budget, control, results)
@@ -424,6 +461,8 @@ def _convert(recipe, source, profile, settings, calibration_path, eval_path, out
         "classes": source.classes, "partitions": None, "calibration": result.calibration,
         "validation": validation, "versions": _versions(), "notes": notes,
     }
+    if not settings.deterministic:
+        manifest["deterministic"] = False
     if control is not None:
         manifest["accuracy_control"] = control
     if result.engine is not None:

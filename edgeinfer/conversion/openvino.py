@@ -381,6 +381,18 @@ class OpenVinoRecipe(object):
                              "expands the FP16 weights to FP32 when it loads the model, so "
                              "FP16 halves the bundle but does not speed it up here. Intel GPUs "
                              "and NPUs run it in FP16.")
+        elif settings.method == "qat":
+            from .prequantized import quantization_record
+            method = "qat"
+            quant.update(quantization_record(
+                job.source.model, "FakeQuantize on activations, INT8 weight constants "
+                                  "(OpenVINO's ONNX frontend maps each Q/DQ pair; no NNCF, "
+                                  "no calibration)"))
+            # Activation pairs become FakeQuantize; weight pairs INT8 constants.
+            quant["fake_quantize"] = sum(1 for op in model.get_ordered_ops()
+                                         if op.get_type_name() == "FakeQuantize")
+            quant["weights_int8"] = _count_int8_weights(model)
+            notes.extend(_saturation_note(quant, job.features))
         elif settings.precision == "int8":
             model, method, extra, calibration = self._int8(job, ov, model, notes)
             quant.update(extra)
@@ -409,8 +421,11 @@ class OpenVinoRecipe(object):
         os.makedirs(folder, exist_ok=True)
         paths = {"model.xml": os.path.join(folder, "model.xml"),
                  "model.bin": os.path.join(folder, "model.bin")}
+        # A Q/DQ source's FP32 is its reference model (prequantized.reference_model).
+        source = job.source if job.reference_model is None else job.source._replace(
+            path=job.reference_model)
         with recipe_step("OpenVINO model conversion (FP32 reference)"):
-            ov.save_model(convert_to_ir(ov, job.source), paths["model.xml"],
+            ov.save_model(convert_to_ir(ov, source), paths["model.xml"],
                           compress_to_fp16=False)
         return get_backend(self.backend).load(LocalFiles(paths, "model.xml"))
 
@@ -576,6 +591,28 @@ class OpenVinoRecipe(object):
         save(quantized, ())
         chosen, self._control = search_openvino(job, job.source.path, build, self._runner)
         return ov.Core().read_model(chosen)
+
+
+def _saturation_note(quant, features):
+    """A note when a Q/DQ model's 8-bit weights can saturate this CPU's INT8 kernels.
+
+    On x86 without VNNI/AMX the INT8 dot product (VPMADDUBSW) adds pairs of u8 x s8
+    products in 16 bits, which saturate when weights use the whole INT8 range.
+    Measured here (AMD EPYC, AVX2, OpenVINO 2026.4): a QAT MLP with 8-bit weights
+    agreed with its fake-quant model on 96-98% of predictions run by OpenVINO (100%
+    by ONNX Runtime); with 7-bit weights, 100%.  NNCF's own INT8 avoids it by
+    quantizing weights to 7 bits on such CPUs (its overflow fix).
+    """
+    if features is None or any(features.get(f) for f in INT8_MATMUL_FEATURES):
+        return []
+    # Two u8 x s8 products fit in int16 while |weight| <= 64 (2 * 255 * 64 = 32640).
+    if quant.get("weight_levels_max", 0) <= 64:
+        return []
+    return ["This CPU has no VNNI/AMX: OpenVINO's INT8 kernels add 8-bit weight products in "
+            "16 bits and can saturate with this model's full-range INT8 weights (up to "
+            "level {}), which costs accuracy here. Train with edgeinfer.qat.prepare(..., "
+            "weight_bits=7) for such CPUs (as NNCF's overflow fix quantizes), or build with "
+            "--target cpu (ONNX Runtime).".format(quant["weight_levels_max"])]
 
 
 def resolve_names(ov_model, onnx_names):

@@ -390,6 +390,15 @@ class OrtRecipe(object):
                 notes.append("This CPU has no native FP16 arithmetic, so FP16 halves the "
                              "model's size but does not speed it up here. FP16 is for GPUs "
                              "(Jetson) and ARM CPUs with FP16 arithmetic (ARMv8.2+).")
+        elif settings.method == "qat":
+            from .prequantized import normalize_file, quantization_record
+            graph = {}
+            with recipe_step("Preparing the Q/DQ model"):
+                normalize_file(source.path, out, report=graph)
+            method = "qat"
+            quant = quantization_record(source.model, "QDQ (the source's Q/DQ nodes, run by "
+                                                      "ONNX Runtime's QDQ fusions)")
+            quant["graph_preparation"] = graph
         else:
             method, quant, calibration = self._int8(job, out, notes)
         onnx = require("onnx")

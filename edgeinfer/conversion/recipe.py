@@ -56,6 +56,8 @@ class Job(NamedTuple):
             (:class:`~edgeinfer.conversion.metrics.ReferenceOutputs`, computed on
             first use), or None.
         budget: the accuracy :class:`~edgeinfer.conversion.metrics.Budget`, or None.
+        reference_model: the FP32 ONNX the reference outputs come from (default None:
+            the source; for a Q/DQ source, see :mod:`edgeinfer.conversion.prequantized`).
     """
 
     source: object
@@ -68,6 +70,7 @@ class Job(NamedTuple):
     workdir: str
     reference: object = None
     budget: object = None
+    reference_model: Optional[str] = None
 
     def calibration_batches(self):
         """Calibration feeds, one batch in memory at a time."""

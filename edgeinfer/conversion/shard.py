@@ -1238,6 +1238,8 @@ def _convert_plan(plan, model_path, recipe, profile, settings, source, calibrati
         "calibration": calibration_summary, "validation": validation, "versions": _versions(),
         "notes": notes + [n for r in results for n in r.notes if n not in notes],
     }
+    if not settings.deterministic:
+        manifest["deterministic"] = False
     bundle = Bundle.write(output, manifest, files, overwrite=overwrite)
     log.info("wrote %s (%d bytes, %d partitions)", output, os.path.getsize(output),
              len(plan.partitions))

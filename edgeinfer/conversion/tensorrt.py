@@ -447,16 +447,25 @@ class TensorRtRecipe(object):
         out = os.path.join(job.workdir, "model.onnx")
         graph = {}
         with recipe_step("Pre-processing for TensorRT"):
-            prepared = ort_recipe.prepare(job.source.path,
-                                          os.path.join(job.workdir, "prepared.onnx"),
-                                          job.workdir, report=graph)
+            if settings.method == "qat":
+                # No graph optimization: it may fold a weight's Q/DQ into INT8 constants.
+                from .prequantized import normalize_file
+                prepared = normalize_file(job.source.path,
+                                          os.path.join(job.workdir, "prepared.onnx"), graph)
+            else:
+                prepared = ort_recipe.prepare(job.source.path,
+                                              os.path.join(job.workdir, "prepared.onnx"),
+                                              job.workdir, report=graph)
         model = onnx.load(prepared)
         kept = kept_layers(model, settings)
         notes = []
         quant = {"preprocessing": "onnxruntime quant_pre_process", "graph_preparation": graph}
         files, method = {"model.onnx": out}, "none"
         calibration = control = implicit = None
-        if settings.precision == "int8":
+        if settings.method == "qat":
+            method, implicit = "qat", None
+            self._prequantized(job, model, gpu, out, quant, notes)
+        elif settings.precision == "int8":
             method, calibration, control, implicit = self._int8(job, prepared, model, kept, gpu,
                                                                 out, quant, files)
             searched = (control or {}).get("fp32_layers") or []
@@ -492,6 +501,47 @@ class TensorRtRecipe(object):
             "target_tensorrt": gpu.tensorrt, "implicit": implicit}
         return Result(files, "model.onnx", method, quant, calibration, None, MIN_TENSORRT,
                       notes, control, engine)
+
+    def _prequantized(self, job, model, gpu, out, quant, notes):
+        """Explicit INT8 from the source's own Q/DQ (QAT): check TensorRT's rules, keep the scales.
+
+        Raises:
+            ConversionError: the Q/DQ breaks a rule TensorRT's parser enforces
+                (asymmetric or UINT8 Q/DQ, per-channel activations, ...), explained.
+        """
+        from .prequantized import quantization_record
+        from .qdq_rules import check_trt_qdq, describe
+        onnx = require("onnx", "TensorRT conversion")
+        tidy_opsets(model)
+        onnx.save(model, out)
+        # Per-tensor weights are the user's trained choice, which TensorRT takes; INT8
+        # weight constants need TensorRT 10.
+        violations = check_trt_qdq(model, per_channel=False,
+                                   fp32_weights=_version(gpu.tensorrt) < (10, 0))
+        slow = [v for v in violations if v.rule == "placement"]
+        broken = [v for v in violations if v.rule != "placement"]
+        if broken:
+            rules = set(v.rule for v in broken)
+            why = ("TensorRT quantizes symmetrically: signed INT8 with zero point 0, so "
+                   "asymmetric or UINT8 Q/DQ (e.g. ONNX Runtime's U8 activations or "
+                   "PyTorch's default affine quint8) cannot be built into an engine."
+                   if rules & {"zero-point", "int8"} else
+                   "TensorRT {}'s ONNX parser refuses such Q/DQ.".format(gpu.tensorrt))
+            raise ConversionError("{} breaks TensorRT's Q/DQ rules: {}. {}".format(
+                os.path.basename(job.source.path), describe(broken), why),
+                "Export it with symmetric INT8 (edgeinfer.qat does, as does NVIDIA's "
+                "pytorch-quantization), or convert it for --target cpu or intel-cpu, which "
+                "run asymmetric INT8.")
+        if slow:
+            notes.append("TensorRT runs {} Q/DQ node(s) of this model outside a fused INT8 "
+                         "kernel (slower than FP16 there): {}.".format(len(slow), describe(slow)))
+        quant.update(quantization_record(job.source.model, "QDQ (TensorRT explicit "
+                                                           "quantization, the source's scales)"))
+        quant["rules"] = ("TensorRT Q/DQ rules checked (edgeinfer.conversion.qdq_rules): {} "
+                          "violations".format(len(violations)))
+        notes.append("Validated with ONNX Runtime's CPU provider running the Q/DQ graph: the "
+                     "same scales and rounding as TensorRT's INT8, an approximation of its "
+                     "kernels. The engine is built and timed on the device.")
 
     def _int8(self, job, prepared, model, kept, gpu, out, quant, files):
         """Explicit INT8: calibrate, quantize for TensorRT, check the rules, write the cache."""

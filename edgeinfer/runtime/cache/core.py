@@ -128,7 +128,8 @@ class Cache(object):
         self._flights = {}
         self._flights_lock = threading.Lock()
         self._counts = Counters(("gets", "hits", "misses", "runs", "waits", "sets", "unstorable"))
-        self._latency = dict((name, Latency()) for name in ("memory", "disk", "redis"))
+        self._latency = dict((name, Latency()) for name in ("memory", "disk", "redis",
+                                                            "queue"))
         self._key_time = Latency()
         self._run_time = Latency()
 
@@ -187,12 +188,15 @@ class Cache(object):
         lower = [t for t in self._lower if t.enabled]
         queued = self._queued(key, now) if lower else None
         if queued is not None:
-            # Still on its way to the disk/Redis: answered as the first of them would.
+            # Still on its way to the disk/Redis: answered as the first of them that
+            # is up would (a Redis that is down answers nothing, so counts nothing).
             outputs, nbytes, expires = queued
-            lower[0].counts.add("hits")
+            tier = next((t for t in lower if getattr(t, "state", "up") == "up"), None)
+            if tier is not None:
+                tier.counts.add("hits")
             if self.memory is not None:
                 self.memory.set(key, outputs, nbytes, expires)
-            return lower[0].name, outputs
+            return tier.name if tier is not None else "queue", outputs
         for index, tier in enumerate(lower):
             data = tier.get(key)
             if data is None:
