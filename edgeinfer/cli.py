@@ -296,18 +296,26 @@ def run(bundle, inputs, top_k, save, overwrite, device, cache_dir, cache_mb, red
         cache.close()
 
 
-def _cache_from_options(cache_dir, cache_mb, redis_url):
-    """The Cache that --cache-dir/--cache-mb/--redis ask for, or None (no cache)."""
+def _cache_settings(cache_dir, cache_mb, redis_url):
+    """Cache keyword arguments that --cache-dir/--cache-mb/--redis ask for, or None."""
     if cache_dir is None and cache_mb is None and redis_url is None:
         return None
     from .errors import UsageError
-    from .runtime.cache import Cache
     if cache_mb is not None and not cache_mb > 0:
         raise UsageError("--cache-mb must be more than 0, not {:g}.".format(cache_mb),
                          "It is the cache size in MiB, e.g. --cache-mb 256.")
     size = 1024.0 if cache_mb is None else cache_mb
-    cache = Cache(memory_mb=min(64.0, size), disk_dir=cache_dir, disk_mb=size,
-                  redis_url=redis_url)
+    return {"memory_mb": min(64.0, size), "disk_dir": cache_dir, "disk_mb": size,
+            "redis_url": redis_url}
+
+
+def _cache_from_options(cache_dir, cache_mb, redis_url):
+    """The Cache that --cache-dir/--cache-mb/--redis ask for, or None (no cache)."""
+    settings = _cache_settings(cache_dir, cache_mb, redis_url)
+    if settings is None:
+        return None
+    from .runtime.cache import Cache
+    cache = Cache(**settings)
     for warning in cache.stats()["warnings"]:
         logging.getLogger("edgeinfer").warning("warning: %s", warning)
     return cache
@@ -518,6 +526,33 @@ def doctor(as_json):
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
+def _write_reports(module, report, json_path, md_path, plot_path):
+    """Write a report's JSON and Markdown as asked, print the Markdown, then write the PNG.
+
+    ``module`` is ``edgeinfer.bench`` or ``edgeinfer.loadtest`` (both have write_json,
+    write_markdown, markdown, write_plot).  Returns the files written, as text ("" for none).
+
+    Raises:
+        MissingDependency: --plot without matplotlib, after the rest was written.
+    """
+    from .errors import MissingDependency
+    if json_path:
+        module.write_json(report, json_path)
+    if md_path:
+        module.write_markdown(report, md_path)
+    click.echo(module.markdown(report), nl=False)
+    files = ", ".join(p for p in (json_path, md_path) if p)
+    if plot_path:
+        try:
+            module.write_plot(report, plot_path)
+        except MissingDependency as exc:
+            # The measurements are the expensive part: they are kept, only the PNG is missing.
+            raise MissingDependency("--plot needs matplotlib, which is not installed; {}.".format(
+                "{} written".format(files) if files else "the tables above were printed"),
+                "pip install edgeinfer[report] ({}).".format(exc.message))
+    return files
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("bundles", nargs=-1, required=True, type=click.Path())
 @click.option("--runs", type=int, help="Timed calls per bundle and batch size (default 100).")
@@ -539,12 +574,24 @@ def doctor(as_json):
 @click.option("--device", help="Where to run, as for `edgeinfer run`.")
 @click.option("--threads", type=int, help="Inference threads (default: the backend's choice).")
 @click.option("--pin-cores", metavar="C[,C...]", help="Pin this process to these CPU cores.")
+@click.option("--cache-mb", type=float,
+              help="Also time the result cache at batch 1: a miss, and a hit from each tier "
+                   "(sizes as for `edgeinfer run`).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="With the cache timing: its disk tier (L2) folder.")
+@click.option("--redis", "redis_url", metavar="URL",
+              help="With the cache timing: its Redis tier (L3), e.g. redis://127.0.0.1:6379/0.")
+@click.option("--keep-build-cache", is_flag=True,
+              help="Let OpenVINO/TensorRT use their usual compiled-model folders, so a cold "
+                   "load may find an earlier build (default: an empty folder, a true cold "
+                   "start; on a Jetson a TensorRT build takes minutes).")
 @click.pass_context
 def bench(ctx, bundles, runs, duration_s, warmup, batches, concurrency, json_path, md_path,
-          plot_path, device, threads, pin_cores):
-    """Measure bundles side by side: load, latency, throughput, memory, energy."""
+          plot_path, device, threads, pin_cores, cache_mb, cache_dir, redis_url,
+          keep_build_cache):
+    """Measure bundles side by side: load, latency, throughput, memory, energy, cache."""
     from . import bench as benchmarks
-    from .errors import EdgeInferError, MissingDependency
+    from .errors import EdgeInferError
     batches = benchmarks.parse_int_list(batches, "--batch")
     levels = benchmarks.parse_int_list(concurrency, "--concurrency")
     cores = benchmarks.parse_int_list(pin_cores, "--pin-cores") if pin_cores else None
@@ -552,21 +599,10 @@ def bench(ctx, bundles, runs, duration_s, warmup, batches, concurrency, json_pat
     report = benchmarks.bench(list(bundles), runs=runs, duration_s=duration_s, warmup=warmup,
                               batches=batches, concurrency=levels, device=device,
                               threads=threads, cores=cores,
-                              progress=benchmarks.Progress(enabled=not quiet))
-    if json_path:
-        benchmarks.write_json(report, json_path)
-    if md_path:
-        benchmarks.write_markdown(report, md_path)
-    click.echo(benchmarks.markdown(report), nl=False)
-    written = ", ".join(p for p in (json_path, md_path) if p)
-    if plot_path:
-        try:
-            benchmarks.write_plot(report, plot_path)
-        except MissingDependency as exc:
-            # The measurements are the expensive part: they are kept, only the PNG is missing.
-            raise MissingDependency("--plot needs matplotlib, which is not installed; {} "
-                                    "written.".format(written or "the tables were"),
-                                    "pip install edgeinfer[report] ({}).".format(exc.message))
+                              progress=benchmarks.Progress(enabled=not quiet),
+                              cache=_cache_settings(cache_dir, cache_mb, redis_url),
+                              fresh_build_cache=not keep_build_cache)
+    _write_reports(benchmarks, report, json_path, md_path, plot_path)
     failed = report["totals"]["failed"]
     if failed:
         raise EdgeInferError("{} of {} bundles could not be measured: {}.".format(

@@ -9,7 +9,9 @@ anything (``nvpmodel -q`` needs root on some releases):
   ``# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64, ...``
   is L4T 32.7.1, which JetPack 4.6.1 ships;
 * ``/var/lib/nvpmodel/status`` (``pmode:0000``) and ``/etc/nvpmodel.conf``
-  (``< POWER_MODEL ID=0 NAME=MAXN >``): the power mode the board runs in.
+  (``< POWER_MODEL ID=0 NAME=MAXN >``): the power mode the board runs in;
+* cpufreq's and the GPU's devfreq ``min``/``max`` clocks: ``jetson_clocks`` raises
+  each minimum to its maximum (:func:`read_clocks`).
 
 The L4T -> JetPack -> TensorRT/CUDA table is NVIDIA's JetPack release notes, kept
 as data.  Every reader takes a ``root`` (default ``/``) so tests point it at a
@@ -18,6 +20,7 @@ fixture tree.
 Device side: standard library only, Python 3.6 syntax.
 """
 
+import glob
 import os
 import re
 from typing import NamedTuple, Optional
@@ -146,6 +149,61 @@ def read_power_mode(root="/"):
     mode = int(match.group(1))
     names = dict((int(i), name) for i, name in _MODE.findall(_read(root, NVPMODEL_CONF) or ""))
     return {"id": mode, "name": names.get(mode)}
+
+
+CPUFREQ_GLOB = "sys/devices/system/cpu/cpu[0-9]*/cpufreq"
+DEVFREQ_GLOB = "sys/class/devfreq/*"
+# The integrated GPU's devfreq node by SoC: 57000000.gpu (Nano), 17000000.gp10b (TX2),
+# 17000000.gv11b (Xavier), 17000000.ga10b (Orin, JetPack 5), 17000000.gpu (JetPack 6).
+GPU_DEVFREQ_NAMES = (".gpu", "gm20b", "gp10b", "gv11b", "ga10b")
+
+
+def _number(root, relative):
+    text = _read(root, relative)
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+def read_clocks(root="/"):
+    """Whether ``jetson_clocks`` holds the clocks at their maximum, read from sysfs.
+
+    ``jetson_clocks`` (``--show`` needs root) sets every CPU's ``scaling_min_freq``
+    and the GPU's devfreq ``min_freq`` to their maxima under the current power
+    mode; without it the governors lower them when idle.
+
+    Returns:
+        dict or None (neither cpufreq nor a GPU devfreq node is readable):
+        ``jetson_clocks`` (``"on"`` when every CPU and the GPU have min == max, else
+        ``"off"``), ``cpu_pinned`` and ``gpu_pinned`` (bool, None if unreadable),
+        ``gpu_mhz`` (the GPU's current clock, None if unreadable).
+    """
+    cpus = []
+    for folder in sorted(glob.glob(os.path.join(root, CPUFREQ_GLOB))):
+        relative = os.path.relpath(folder, root)
+        low = _number(root, os.path.join(relative, "scaling_min_freq"))
+        high = _number(root, os.path.join(relative, "scaling_max_freq"))
+        if low is not None and high is not None:
+            cpus.append(low >= high)
+    gpu_pinned = gpu_mhz = None
+    for folder in sorted(glob.glob(os.path.join(root, DEVFREQ_GLOB))):
+        if not os.path.basename(folder).endswith(GPU_DEVFREQ_NAMES):
+            continue
+        relative = os.path.relpath(folder, root)
+        low = _number(root, os.path.join(relative, "min_freq"))
+        high = _number(root, os.path.join(relative, "max_freq"))
+        current = _number(root, os.path.join(relative, "cur_freq"))
+        if low is not None and high is not None:
+            gpu_pinned = low >= high
+            gpu_mhz = None if current is None else current / 1e6
+            break
+    if not cpus and gpu_pinned is None:
+        return None
+    cpu_pinned = all(cpus) if cpus else None
+    pinned = cpu_pinned is not False and gpu_pinned is not False
+    return {"jetson_clocks": "on" if pinned else "off", "cpu_pinned": cpu_pinned,
+            "gpu_pinned": gpu_pinned, "gpu_mhz": gpu_mhz}
 
 
 class JetsonInfo(NamedTuple):

@@ -19,9 +19,17 @@ from edgeinfer.bundle import Bundle
 from edgeinfer.cli import main
 from edgeinfer.errors import UsageError
 
+from . import test_cache, test_tensorrt_backend
 from .test_cli import _runner
 
 RUNS = 12
+
+# Fixtures shared with the backend and cache tests: TensorRT's stand-in and a bundle for
+# it, a private engine-cache root, and a real redis-server on 127.0.0.1.
+fake = test_tensorrt_backend.fake
+trt_bundle = test_tensorrt_backend.trt_bundle
+cache_root = test_tensorrt_backend.cache_root
+redis_url = test_cache.redis_url
 
 
 @pytest.fixture(scope="module")
@@ -365,3 +373,362 @@ def test_reports_are_readable_by_others(bundles, tmp_path, short_phases):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(str(tmp_path / "b.md")).st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- tegrastats, the Jetson's own monitor ---------------------------------------------------
+# Recorded lines from real boards, as published (issue 9 asks for both formats):
+# Nano, JetPack 4.6.1 (a Jetson Prometheus exporter's Go tests): rails in mW without a unit,
+# "current/average"; PMIC@50C; GR3D without brackets.
+NANO_JP46 = ("RAM 1923/3964MB (lfb 2x2MB) SWAP 191/1982MB (cached 6MB) IRAM 0/252kB(lfb 252kB) "
+             "CPU [5%@1224,4%@1224,3%@1224,6%@1224] EMC_FREQ 0%@1600 GR3D_FREQ 0%@76 APE 25 "
+             "PLL@37C CPU@40C PMIC@50C GPU@40C AO@45C thermal@40C POM_5V_IN 1750/1628 "
+             "POM_5V_GPU 0/0 POM_5V_CPU 366/406")
+# Orin Nano/NX, JetPack 6 (rbonghi/jetson_stats#624): a date first, "mW" units, lower-case
+# sensors, GR3D in brackets, VDD_IN the module's total.
+ORIN_JP6 = ("05-15-2025 18:30:28 RAM 6982/7620MB (lfb 5x1MB) SWAP 2640/16384MB (cached 202MB) "
+            "CPU [97%@1984,95%@1984,95%@1984,91%@1984,88%@1984,93%@247] EMC_FREQ 18%@3199 "
+            "GR3D_FREQ 84%@[713] NVENC 1%@115 NVDEC 40%@115 NVJPG off NVJPG1 off VIC 31%@115 "
+            "OFA off NVDLA0 off PVA0_FREQ off APE 174 cv0@63.031C cpu@65.562C soc2@64.156C "
+            "soc0@63.031C cv1@62.937C gpu@63.5C tj@65.562C soc1@64.718C cv2@60.875C "
+            "VDD_IN 17946mW/15710mW VDD_CPU_GPU_CV 8896mW/7585mW VDD_SOC 3923mW/3515mW")
+# AGX Orin, JetPack 5/6 (GDWR/jetson_exporter#14): no total rail, "NC" channels, sensors
+# that are powered down read -256C, two GPCs.
+AGX_ORIN = ("04-11-2025 10:36:27 RAM 4321/62801MB (lfb 1759x4MB) SWAP 19/31400MB (cached 0MB) "
+            "CPU [0%@729,0%@729,0%@729,0%@729] EMC_FREQ 0%@2133 GR3D_FREQ 0%@[0,0] VIC_FREQ 729 "
+            "APE 174 CV0@-256C CPU@44.562C Tboard@32C SOC2@40.093C Tdiode@33C SOC0@41.093C "
+            "CV1@-256C GPU@-256C tj@44.343C SOC1@41.25C CV2@-256C VDD_GPU_SOC 2340mW/2340mW "
+            "VDD_CPU_CV 390mW/390mW VIN_SYS_5V0 4025mW/4025mW NC 0mW/0mW "
+            "VDDQ_VDD2_1V8AO 301mW/301mW NC 0mW/0mW")
+
+
+def test_tegrastats_nano_jetpack_4_6():
+    found = sensors.parse_tegrastats(NANO_JP46)
+    assert found["rails_mw"] == {"POM_5V_IN": 1750, "POM_5V_GPU": 0, "POM_5V_CPU": 366}
+    assert found["power_mw"] == 1750  # the input rail alone: CPU and GPU are inside it
+    assert found["temperatures_c"] == {"PLL": 37.0, "CPU": 40.0, "GPU": 40.0, "AO": 45.0,
+                                       "thermal": 40.0}
+    assert (found["gr3d_percent"], found["gr3d_mhz"]) == (0.0, 76.0)
+    assert (found["emc_percent"], found["emc_mhz"]) == (0.0, 1600.0)
+
+
+def test_tegrastats_orin_jetpack_6():
+    found = sensors.parse_tegrastats(ORIN_JP6)
+    assert found["power_mw"] == 17946
+    assert sorted(found["rails_mw"]) == ["VDD_CPU_GPU_CV", "VDD_IN", "VDD_SOC"]
+    assert found["temperatures_c"]["tj"] == 65.562 and len(found["temperatures_c"]) == 9
+    assert (found["gr3d_percent"], found["gr3d_mhz"]) == (84.0, 713.0)
+    assert (found["emc_percent"], found["emc_mhz"]) == (18.0, 3199.0)
+    assert "RAM" not in found["rails_mw"] and "NVENC" not in found["rails_mw"]
+
+
+def test_tegrastats_agx_orin_sums_rails_and_drops_sensors_that_are_off():
+    found = sensors.parse_tegrastats(AGX_ORIN)
+    assert found["rails_mw"] == {"VDD_GPU_SOC": 2340, "VDD_CPU_CV": 390, "VIN_SYS_5V0": 4025,
+                                 "VDDQ_VDD2_1V8AO": 301}
+    assert found["power_mw"] == 2340 + 390 + 4025 + 301
+    assert "CV0" not in found["temperatures_c"] and "GPU" not in found["temperatures_c"]
+    assert max(found["temperatures_c"].values()) == 44.562
+    assert found["gr3d_percent"] == 0.0
+
+
+def test_tegrastats_summary_integrates_power():
+    samples = [(0.0, {"power_mw": 2000, "gr3d_percent": 10.0, "emc_percent": 4.0,
+                      "temperatures_c": {"cpu": 40.0}}),
+               (1.0, {"power_mw": 4000, "gr3d_percent": 30.0, "temperatures_c": {"gpu": 45.0}}),
+               (3.0, {"power_mw": 4000})]
+    summary = sensors.summarize_tegrastats(samples)
+    assert summary["energy_j"] == pytest.approx(3.0 + 8.0)
+    assert summary["power_w_mean"] == pytest.approx(10.0 / 3)
+    assert (summary["gr3d_percent_mean"], summary["gr3d_percent_max"]) == (20.0, 30.0)
+    assert summary["emc_percent_mean"] == 4.0 and summary["temperature_c_max"] == 45.0
+    assert sensors.summarize_tegrastats([]) is None
+
+
+def test_tegrastats_sampler_reads_the_program(tmp_path):
+    # tegrastats exists only on a Jetson: a stand-in program prints the recorded Nano line
+    # every --interval milliseconds, as the real one does.
+    program = tmp_path / "tegrastats"
+    program.write_text("#!/bin/sh\n[ \"$1\" = --interval ] || exit 2\n"
+                       "while true; do echo '{}'; sleep 0.02; done\n".format(NANO_JP46))
+    program.chmod(0o755)
+    meter = sensors.Tegrastats(binary=str(program), interval_ms=20)
+    assert meter.available and meter.why_not is None
+    meter.start()
+    time.sleep(0.3)
+    summary = meter.stop()
+    assert summary["samples"] >= 3
+    assert summary["power_w_mean"] == pytest.approx(1.75)
+    assert summary["energy_j"] == pytest.approx(1.75 * 0.3, rel=0.5)
+    assert summary["gr3d_percent_mean"] == 0.0 and summary["temperature_c_max"] == 45.0
+    assert meter.stop() is None  # stopped once; the program is gone
+
+
+@pytest.mark.skipif(sensors.shutil.which("tegrastats") is not None, reason="a Jetson")
+def test_no_tegrastats_here_says_so(report):
+    meter = sensors.Tegrastats()
+    assert meter.available is False
+    assert meter.why_not == "not available here: no tegrastats on PATH (a Jetson tool)"
+    meter.start()
+    assert meter.stop() is None
+    assert report["sensors"]["tegrastats"] is False
+    assert report["sensors"]["tegrastats_note"] == meter.why_not
+    rows = [r for b in _measured(report) for r in b["throughput"]]
+    assert all(r["gpu_percent"] is None and r["emc_percent"] is None for r in rows)
+    assert report["machine"]["clocks"] is None  # not a Jetson: no jetson_clocks state
+
+
+def test_jetson_ina_rails_count_the_input_rail_once(tmp_path):
+    # JetPack 4 (Nano): POM_5V_IN already contains the GPU and CPU rails beside it.
+    folder = "sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0/"
+    for index, (name, mw) in enumerate((("POM_5V_IN", 3000), ("POM_5V_GPU", 800),
+                                        ("POM_5V_CPU", 900))):
+        _write(tmp_path, folder + "rail_name_{}".format(index), name + "\n")
+        _write(tmp_path, folder + "in_power{}_input".format(index), "{}\n".format(mw))
+    meter = sensors.EnergyMeter(str(tmp_path))
+    assert meter._power_w() == pytest.approx(3.0)
+
+
+def test_jetson_hwmon_rails_count_vdd_in_once(tmp_path):
+    # JetPack 5/6 (Orin NX/Nano): in1 is VDD_IN, in mV and mA.
+    folder = "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/"
+    for index, (name, mv, ma) in enumerate((("VDD_IN", 5000, 1000), ("VDD_CPU_GPU_CV", 5000, 300),
+                                            ("VDD_SOC", 5000, 200)), 1):
+        _write(tmp_path, folder + "in{}_label".format(index), name + "\n")
+        _write(tmp_path, folder + "in{}_input".format(index), "{}\n".format(mv))
+        _write(tmp_path, folder + "curr{}_input".format(index), "{}\n".format(ma))
+    meter = sensors.EnergyMeter(str(tmp_path))
+    assert meter.source == "jetson-ina3221"
+    assert meter._power_w() == pytest.approx(5.0)
+
+
+def _clocks(root, cpu_min, gpu_min):
+    for cpu in (0, 1):
+        folder = "sys/devices/system/cpu/cpu{}/cpufreq/".format(cpu)
+        _write(root, folder + "scaling_min_freq", "{}\n".format(cpu_min))
+        _write(root, folder + "scaling_max_freq", "1479000\n")
+    folder = "sys/class/devfreq/57000000.gpu/"
+    _write(root, folder + "min_freq", "{}\n".format(gpu_min))
+    _write(root, folder + "max_freq", "921600000\n")
+    _write(root, folder + "cur_freq", "921600000\n")
+
+
+def test_jetson_clocks_state_from_sysfs(tmp_path):
+    from edgeinfer.jetson import read_clocks
+    _clocks(tmp_path / "on", 1479000, 921600000)
+    assert read_clocks(str(tmp_path / "on")) == {
+        "jetson_clocks": "on", "cpu_pinned": True, "gpu_pinned": True, "gpu_mhz": 921.6}
+    _clocks(tmp_path / "off", 102000, 76800000)
+    state = read_clocks(str(tmp_path / "off"))
+    assert (state["jetson_clocks"], state["cpu_pinned"], state["gpu_pinned"]) == (
+        "off", False, False)
+    assert read_clocks(str(tmp_path)) is None
+
+
+# -- engine build / compile time -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def openvino_bundle(tmp_path_factory, repo_root):
+    pytest.importorskip("openvino")
+    out = tmp_path_factory.mktemp("bench-ov") / "digits-ov.eib"
+    edgeinfer.convert(str(repo_root / "models" / "digits_cnn.onnx"), target="intel-cpu",
+                      precision="fp32", output=str(out), measure_speed=False)
+    return str(out)
+
+
+def test_openvino_compile_time_cold_warm_and_without_cache(openvino_bundle, bundles,
+                                                           short_phases):
+    result = bench([bundles["fp32"], openvino_bundle], runs=3, warmup=0)
+    ort, ov = result["bundles"]
+    build = ov["load"]["build"]
+    assert build["step"] == "OpenVINO compile_model"
+    # An empty cache folder: the cold load compiles, the warm one imports the blob.
+    assert (build["cold_cache"], build["warm_cache"]) == ("miss", "hit")
+    assert 0 < build["cold_s"] <= ov["load"]["cold_s"]
+    assert 0 < build["warm_s"] <= ov["load"]["warm_s"]
+    assert build["uncached_s"] > 0 and build["note"] is None
+    assert ort["load"]["build"]["step"] is None and ort["load"]["build"]["cold_s"] is None
+    assert "onnxruntime has no separate compile step" in ort["load"]["build"]["note"]
+    text = markdown(result)
+    assert "| digits-ov | OpenVINO compile_model | {:.3f} (miss) | {:.3f} (hit) |".format(
+        build["cold_s"], build["warm_s"]) in text
+    assert result["settings"]["fresh_build_cache"] is True
+
+
+def test_tensorrt_engine_build_is_timed(fake, trt_bundle, cache_root, short_phases):
+    # TensorRT cannot run here: its stand-in (tests/fake_tensorrt.py) builds and runs the
+    # engine through ONNX Runtime, so this checks where the times come from, not their size.
+    trt, _ = fake("8.6.2", "cuda-python")
+    result = bench([trt_bundle()], runs=2, warmup=0)
+    entry = result["bundles"][0]
+    assert entry["ok"], entry["error"]
+    build = entry["load"]["build"]
+    assert build["step"] == "TensorRT engine build"
+    assert (build["cold_cache"], build["warm_cache"]) == ("miss", "hit")
+    assert build["cold_s"] > 0 and build["warm_s"] is None  # the warm load built nothing
+    assert build["deserialize_s"] > 0 and build["uncached_s"] is None
+    assert "builds on every load" in build["note"]
+    # The bench's own empty engine folder, not the user's, and it is gone afterwards.
+    assert not cache_root.exists()
+
+
+# -- the result cache ------------------------------------------------------------------------
+
+def test_cache_miss_and_hits_per_tier(bundles, tmp_path, redis_url, short_phases):
+    import redis
+    folder = tmp_path / "l2"
+    settings = {"memory_mb": 16, "disk_dir": str(folder), "disk_mb": 64, "redis_url": redis_url}
+    keys_before = len(redis.Redis.from_url(redis_url).keys("edgeinfer:*"))
+    result = bench([bundles["fp32"], bundles["int8"]], runs=6, warmup=0, cache=settings)
+    for entry in _measured(result):
+        cache = entry["cache"]
+        assert cache["tiers"] == ["memory", "disk", "redis"] and cache["notes"] == []
+        for summary in [cache["no_cache"], cache["miss"]] + list(cache["hits"].values()):
+            assert summary["runs"] == 6 and 0 < summary["p50_ms"] <= summary["max_ms"]
+        assert cache["no_cache"]["vs_model_run"] == 1.0
+        assert cache["hits"]["memory"]["vs_model_run"] == pytest.approx(
+            cache["hits"]["memory"]["p50_ms"] / cache["no_cache"]["p50_ms"])
+        assert cache["key_us"]["samples"] == 6  # one key per miss: every input was new
+    assert result["settings"]["cache"] == settings
+    # What the bench stored is gone from the shared tiers.
+    from edgeinfer.runtime.cache import Cache
+    with Cache(memory_mb=0, disk_dir=str(folder)) as disk:
+        assert disk.stats()["tiers"]["disk"]["items"] == 0
+    assert len(redis.Redis.from_url(redis_url).keys("edgeinfer:*")) == keys_before
+    text = markdown(result)
+    assert "| bundle | model run | miss | miss overhead | L1 memory hit | L2 disk hit " \
+           "| L3 Redis hit |" in text
+    hit = _measured(result)[0]["cache"]["hits"]["redis"]
+    assert "{:.3f} ({:.3f}x)".format(hit["p50_ms"], hit["vs_model_run"]) in text
+
+
+def test_cache_tier_that_is_down_is_named_not_timed(bundles, short_phases):
+    url = "redis://127.0.0.1:{}/0".format(test_cache.free_port())  # nothing listens there
+    result = bench([bundles["fp32"]], runs=4, warmup=0,
+                   cache={"memory_mb": 8, "redis_url": url})
+    cache = result["bundles"][0]["cache"]
+    assert cache["hits"]["memory"]["runs"] == 4
+    assert cache["hits"]["redis"] is None and cache["hits"]["disk"] is None
+    assert cache["notes"][0] == "L2 disk: not configured"
+    assert cache["notes"][1].startswith("L3 Redis: not measured, 1 of 4 calls missed (Redis at ")
+    assert "Connection refused" in cache["notes"][1]
+    assert "- digits-fp32: L3 Redis: not measured" in markdown(result)
+
+
+def test_cli_cache_options(bundles, tmp_path, short_phases):
+    result = _invoke("-q", "bench", bundles["int8"], "--runs", 3, "--cache-mb", 8,
+                     "--cache-dir", tmp_path / "c", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["settings"]["cache"] == {"memory_mb": 8.0, "disk_dir": str(tmp_path / "c"),
+                                         "disk_mb": 8.0, "redis_url": None}
+    hits = data["bundles"][0]["cache"]["hits"]
+    assert hits["memory"]["runs"] == hits["disk"]["runs"] == 3 and hits["redis"] is None
+    assert "Result cache at batch 1" in result.stdout
+    bad = _invoke("bench", bundles["int8"], "--cache-mb", 0)
+    assert bad.exit_code == 2
+    assert bad.stderr.splitlines() == [
+        "error: --cache-mb must be more than 0, not 0. Note: It is the cache size in MiB, "
+        "e.g. --cache-mb 256."]
+
+
+def test_redis_password_is_not_written_to_the_report():
+    shown = core._describe_cache({"memory_mb": 1, "redis_url": "redis://user:secret@host:6379/0"})
+    assert shown["redis_url"] == "redis://***@host:6379/0"
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    stream = Terminal()
+    progress = core.Progress(stream)
+    progress.total = 4
+    progress.step("load a")
+    progress.step("latency batch 1")
+    assert stream.getvalue() == ("\r\033[Kbench [###---------] 1/4 load a"
+                                 "\r\033[Kbench [######------] 2/4 latency batch 1")
+    progress.finish()
+    assert stream.getvalue().endswith("\n")
+
+
+# -- scripts/bench_all.py: which sections run ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_all(repo_root):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_all", str(repo_root / "scripts" / "bench_all.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_all_only_and_skip_keep_the_suite_order(bench_all):
+    names = [s.name for s in bench_all.SECTIONS]
+    chosen, left = bench_all.select(bench_all.SECTIONS, only=["edgeinfer-bench", "core"])
+    assert [s.name for s in chosen] == ["core", "edgeinfer-bench"]
+    assert [n for n, _ in left] == [n for n in names if n not in ("core", "edgeinfer-bench")]
+    assert set(why for _, why in left) == {"not in --only"}
+    chosen, left = bench_all.select(bench_all.SECTIONS, skip=["serve"])
+    assert [s.name for s in chosen] == [n for n in names if n != "serve"]
+    assert left == [("serve", "--skip")]
+    with pytest.raises(SystemExit) as caught:
+        bench_all.select(bench_all.SECTIONS, only=["cahce"])
+    assert "unknown section(s) cahce; the sections are: core," in str(caught.value)
+
+
+def test_bench_all_skips_what_this_machine_lacks_with_the_reason(bench_all):
+    args = bench_all.parse_args(["--mlserver", "/nonexistent/mlserver"])
+    serve = next(s for s in bench_all.SECTIONS if s.name == "serve")
+    requirements = dict(bench_all.REQUIREMENTS, wrk=bench_all._binary("wrk-not-here", "wrk"))
+    assert bench_all.missing(serve, args, requirements) == (
+        "wrk-not-here is not on PATH (apt-get install wrk); no MLServer command (give "
+        "--mlserver PATH: mlserver installed in its own virtualenv)")
+    core_section = next(s for s in bench_all.SECTIONS if s.name == "core")
+    assert bench_all.missing(core_section, args) is None  # scikit-learn is in [dev]
+    absent = bench_all._module("no_such_package_here", "edgeinfer[nothing]")
+    assert absent(args) == ("the Python package no_such_package_here is not installed "
+                            "(pip install edgeinfer[nothing])")
+
+
+def test_bench_all_names_scripts_it_does_not_run(bench_all, tmp_path):
+    for name in ("bench_core.py", "bench_cache.py", "bench_new_thing.py", "bench_all.py",
+                 "build_demo_model.py"):
+        (tmp_path / name).write_text("")
+    assert bench_all.unregistered(str(tmp_path)) == ["bench_new_thing.py"]
+    # Every section's script exists in the repository.
+    for section in bench_all.SECTIONS:
+        if section.script:
+            assert os.path.exists(os.path.join(bench_all.HERE, section.script)), section.script
+
+
+def test_tensorrt_keep_build_cache_finds_the_earlier_engine(fake, trt_bundle, cache_root,
+                                                           short_phases):
+    fake("10.3.0.30", "cuda-python")
+    path = trt_bundle()
+    first = bench([path], runs=2, warmup=0, fresh_build_cache=False)
+    again = bench([path], runs=2, warmup=0, fresh_build_cache=False)
+    assert first["bundles"][0]["load"]["build"]["cold_cache"] == "miss"
+    build = again["bundles"][0]["load"]["build"]
+    # The user's engine cache kept the first run's engine: this "cold" load built nothing.
+    assert (build["cold_cache"], build["cold_s"]) == ("hit", None)
+    assert again["settings"]["fresh_build_cache"] is False
+    assert len([n for n in os.listdir(str(cache_root / "engines")) if n.endswith(".engine")]) == 1
+
+
+def test_markdown_shows_gpu_and_emc_load_when_tegrastats_ran(report):
+    jetson = json.loads(json.dumps(report))
+    jetson["sensors"]["tegrastats"] = True
+    for entry in _measured(jetson):
+        for row in entry["throughput"]:
+            row.update(gpu_percent=61.5, emc_percent=12.0)
+    jetson["machine"]["power_mode"] = {"id": 0, "name": "MAXN"}
+    jetson["machine"]["clocks"] = {"jetson_clocks": "on", "cpu_pinned": True,
+                                   "gpu_pinned": True, "gpu_mhz": 921.6}
+    text = markdown(jetson)
+    assert "| energy mJ/inference | GPU % | EMC % |" in text
+    assert "| not available here | 62 | 12 |" in text
+    assert "Jetson: power mode MAXN (0), jetson_clocks on, GPU at 922 MHz." in text
+    assert "GPU %" not in markdown(report)

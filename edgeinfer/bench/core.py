@@ -12,7 +12,9 @@ The report is the dict described in :mod:`edgeinfer.bench`.
 import datetime
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,6 +30,18 @@ PERCENTILES = (50, 90, 95, 99)
 
 # Backend option that sets the number of inference threads, per backend.
 THREAD_OPTIONS = {"onnxruntime": "intra_op_threads", "openvino": "inference_threads"}
+
+# Backends with a cache of compiled models, and the option naming its folder: bench points
+# it at an empty folder so that the cold load compiles (or builds) for real.
+BUILD_CACHE_OPTIONS = {"openvino": "cache_dir", "tensorrt": "cache_dir"}
+
+# What the load of each backend includes when the runner does not time a build step.
+BUILD_NOTES = {
+    "onnxruntime": "onnxruntime has no separate compile step: creating its session "
+                   "(graph optimisation included) is the load",
+    "tensorrt": "the bundle ran through ONNX Runtime (no TensorRT Python package): any "
+                "engine build happened inside its session creation, not separable",
+}
 
 # A throughput measurement lasts at least this long (requests are added to --runs when
 # the measured latency says it would be shorter): os.times() ticks every 10 ms, so CPU
@@ -177,11 +191,22 @@ def machine_facts(root="/"):
     jetson = facts.get("jetson")
     facts["profile"] = (jetson or {}).get("profile") or resolve_target("cpu").name
     facts["power_mode"] = (jetson or {}).get("power_mode")
+    facts["clocks"] = None
+    if jetson:
+        from ..jetson import read_clocks
+        facts["clocks"] = read_clocks(root)
     return facts
 
 
 class Progress(object):
-    """One progress line on stderr: rewritten in place on a terminal, one line per step else."""
+    """Progress on stderr: a bar rewritten in place on a terminal, one line per step else.
+
+    On a terminal: ``bench [######------] 3/7 latency batch 1 (3 bundles interleaved)``,
+    cut to the terminal's width so that it never wraps (a wrapped line cannot be
+    rewritten in place).  Elsewhere (a log, CI): ``bench [3/7] latency batch 1 ...``.
+    """
+
+    BAR = 12
 
     def __init__(self, stream=None, enabled=True):
         self.stream = sys.stderr if stream is None else stream
@@ -194,13 +219,17 @@ class Progress(object):
         if not self.enabled:
             return
         self.done += 1
-        line = "bench [{}/{}] {}".format(min(self.done, self.total), self.total, text)
+        done = min(self.done, self.total)
         if self.tty:
-            self.stream.write("\r\033[K" + line)
+            filled = int(round(self.BAR * done / float(max(self.total, 1))))
+            line = "bench [{}{}] {}/{} {}".format("#" * filled, "-" * (self.BAR - filled), done,
+                                                 self.total, text)
+            width = shutil.get_terminal_size((80, 24)).columns
+            self.stream.write("\r\033[K" + line[:max(width - 1, 20)])
             if self.done >= self.total:
                 self.stream.write("\n")
         else:
-            self.stream.write(line + "\n")
+            self.stream.write("bench [{}/{}] {}\n".format(done, self.total, text))
         self.stream.flush()
 
     def finish(self):
@@ -226,33 +255,69 @@ def _accuracy(manifest):
             "outputs": validation["outputs"]}
 
 
-def _options(path, threads):
-    from ..bundle import Bundle
-    if threads is None:
+def _options(backend, threads, build_cache):
+    """Backend options: the thread count, and an empty folder for compiled models."""
+    options = {}
+    if threads is not None:
+        key = THREAD_OPTIONS.get(backend)
+        if key is None:
+            raise UsageError("--threads is not supported for the {} backend.".format(backend),
+                             "Leave it out for {}.".format(backend))
+        options[key] = int(threads)
+    if build_cache is not None and backend in BUILD_CACHE_OPTIONS:
+        options[BUILD_CACHE_OPTIONS[backend]] = tempfile.mkdtemp(prefix=backend + "-",
+                                                                 dir=build_cache)
+    return options or None
+
+
+def _build_stats(session):
+    """The runner's account of its compile or engine build (see the backends), or None."""
+    return getattr(getattr(session, "_runner", None), "load_stats", None)
+
+
+def _cache_state(stats):
+    if stats is None:
         return None
-    backend = Bundle.open(str(path), verify=False).backend
-    key = THREAD_OPTIONS.get(backend)
-    if key is None:
-        raise UsageError("--threads is not supported for the {} backend.".format(backend),
-                         "Leave it out for {}.".format(backend))
-    return {key: int(threads)}
+    if "engine" in stats:
+        return {"built": "miss", "cached": "hit"}.get(stats["engine"])
+    return stats.get("model_cache")
 
 
-def _load_bundle(entry, device, threads, root):
+def _record_build(entry, backend, cold, warm, uncached):
+    """Fill ``entry["load"]["build"]`` from the runners' stats of the three loads."""
+    build = entry["load"]["build"]
+    if cold is None:
+        build["note"] = BUILD_NOTES.get(
+            backend, "the {} backend does not time a build step".format(backend))
+        return
+    build.update(step=cold["step"], cold_s=cold["seconds"], cold_cache=_cache_state(cold),
+                 warm_s=None if warm is None else warm["seconds"],
+                 warm_cache=_cache_state(warm),
+                 uncached_s=None if uncached is None else uncached["seconds"])
+    if "deserialize_s" in cold:
+        build["deserialize_s"] = (warm or cold)["deserialize_s"]
+    if uncached is None and backend == "tensorrt":
+        build["note"] = ("without its engine cache TensorRT builds on every load: the "
+                         "cold build is that time")
+
+
+def _load_bundle(entry, device, threads, build_cache):
     """Cold load, first inference, warm load; fills ``entry``; returns the warm session."""
     from ..bundle import Bundle
     from ..runtime.backends import get_backend
     from ..runtime.session import load
-    options = _options(entry["path"], threads)
+    backend = Bundle.open(str(entry["path"]), verify=False).backend
+    options = _options(backend, threads, build_cache)
     # Importing the backend is a once-per-process cost; left inside the first cold load
     # it would make the first bundle look slow to load next to the others.
     begin = time.perf_counter()
-    get_backend(Bundle.open(str(entry["path"]), verify=False).backend).available()
+    get_backend(backend).available()
     entry["load"]["backend_import_s"] = time.perf_counter() - begin
     reset_peak()
     begin = time.perf_counter()
     session = load(str(entry["path"]), device=device, backend_options=options)
     entry["load"]["cold_s"] = time.perf_counter() - begin
+    cold = _build_stats(session)
     manifest = session.manifest
     target = manifest.get("target") or {}
     entry.update(name=manifest.get("name"), backend=target.get("backend"),
@@ -272,13 +337,23 @@ def _load_bundle(entry, device, threads, root):
     begin = time.perf_counter()
     session = load(str(entry["path"]), device=device, backend_options=options)
     entry["load"]["warm_s"] = time.perf_counter() - begin
+    uncached = None
+    if cold is not None and backend == "openvino":
+        # The same compile with OpenVINO's model cache off: what every load costs without it.
+        plain = load(str(entry["path"]), device=device,
+                     backend_options=dict(options or {}, cache_dir=None))
+        uncached = _build_stats(plain)
+        plain.close()
+    _record_build(entry, backend, cold, _build_stats(session), uncached)
     return session
 
 
-def _throughput(session, feeds, batch, concurrency, requests, energy, root):
+def _throughput(session, feeds, batch, concurrency, requests, energy, root, tegra=None):
     cpu = sensors.CpuClock()
     feed_list = [feeds] * requests
     reset_peak()
+    if tegra is not None:
+        tegra.start()
     energy.start()
     cpu.start()
     begin = time.perf_counter()
@@ -286,6 +361,9 @@ def _throughput(session, feeds, batch, concurrency, requests, energy, root):
     seconds = time.perf_counter() - begin
     cpu_percent = cpu.stop()
     joules = energy.stop()
+    jetson = tegra.stop() if tegra is not None else None
+    if joules is None and jetson is not None:
+        joules = jetson["energy_j"]
     return {
         "batch": batch, "concurrency": concurrency, "requests": requests, "seconds": seconds,
         "inferences_per_s": requests / seconds, "samples_per_s": requests * batch / seconds,
@@ -294,6 +372,8 @@ def _throughput(session, feeds, batch, concurrency, requests, energy, root):
         "energy_per_inference_mj": None if joules is None else 1000.0 * joules / requests,
         "temperature_c": sensors.max_temperature_c(root),
         "peak_rss_mb": peak_rss_mb(),
+        "gpu_percent": None if jetson is None else jetson["gr3d_percent_mean"],
+        "emc_percent": None if jetson is None else jetson["emc_percent_mean"],
     }
 
 
@@ -320,7 +400,8 @@ def _ratios(entry, base):
 
 
 def bench(paths, runs=None, duration_s=None, warmup=5, batches=(1,), concurrency=(1,),
-          device=None, threads=None, cores=None, progress=None, root="/"):
+          device=None, threads=None, cores=None, progress=None, root="/", cache=None,
+          fresh_build_cache=True):
     """Measure bundles side by side and return the report dict (schema ``edgeinfer-bench/1``).
 
     Args:
@@ -338,12 +419,21 @@ def bench(paths, runs=None, duration_s=None, warmup=5, batches=(1,), concurrency
         cores: CPU cores to pin this process to (default None: no pinning).
         progress: a :class:`Progress` (default None: silent).
         root: the file-system root for the sensors (default ``/``).
+        cache: keyword arguments of an :class:`~edgeinfer.Cache` (``memory_mb``,
+            ``disk_dir``, ``disk_mb``, ``redis_url``) whose miss and per-tier hit
+            latency to measure at batch 1 (default None: no cache phase).  Entries
+            the bench writes are deleted afterwards.
+        fresh_build_cache: give OpenVINO and TensorRT an empty folder for their
+            compiled models, so the cold load compiles or builds (default True);
+            False: their usual folders, where a cold load may find an earlier build.
 
     Returns:
         dict: the report, see :mod:`edgeinfer.bench`.
 
     Raises:
-        UsageError: settings that cannot be measured (zero or negative runs, ...).
+        UsageError: settings that cannot be measured (zero or negative runs, ...), or
+            cache settings :class:`~edgeinfer.Cache` refuses.
+        MissingDependency: ``redis_url`` without the ``redis`` package.
     """
     if runs is None and duration_s is None:
         runs = 100
@@ -353,35 +443,47 @@ def bench(paths, runs=None, duration_s=None, warmup=5, batches=(1,), concurrency
     if not paths:
         raise UsageError("No bundle to measure.", "Example: edgeinfer bench m-fp32.eib m-int8.eib.")
     progress = progress or Progress(enabled=False)
+    if cache is not None:
+        from ..runtime.cache import Cache
+        Cache(**cache).close()  # refuse bad settings before anything is measured
     saved_cores = None
     if cores is not None:
         # Restored at the end: bench() is also a library call, and the caller's process
         # must not stay pinned after it returns.
         saved_cores = os.sched_getaffinity(0)
         os.sched_setaffinity(0, set(cores))
+    build_cache = tempfile.mkdtemp(prefix="edgeinfer-bench-") if fresh_build_cache else None
     try:
         return _bench(paths, runs, duration_s, warmup, batches, concurrency, device, threads,
-                      cores, progress, root)
+                      cores, progress, root, cache, build_cache)
     finally:
         if saved_cores is not None:
             os.sched_setaffinity(0, saved_cores)
+        if build_cache is not None:
+            shutil.rmtree(build_cache, ignore_errors=True)
 
 
 def _bench(paths, runs, duration_s, warmup, batches, concurrency, device, threads, cores,
-           progress, root):
+           progress, root, cache, build_cache):
     wall = sensors.CpuClock()
     wall.start()
     started = time.perf_counter()
     energy = sensors.EnergyMeter(root)
+    tegra = sensors.Tegrastats()
+    energy_source = energy.source or ("jetson-tegrastats" if tegra.available else None)
     report = {
         "schema": SCHEMA,
         "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
         "edgeinfer": __version__,
         "settings": {"runs": runs, "duration_s": duration_s, "warmup": warmup,
                      "batches": batches, "concurrency": concurrency, "device": device,
-                     "threads": threads, "pinned_cores": sorted(cores) if cores else None},
+                     "threads": threads, "pinned_cores": sorted(cores) if cores else None,
+                     "cache": _describe_cache(cache), "fresh_build_cache": build_cache is not None},
         "machine": machine_facts(root),
-        "sensors": {"energy": energy.source, "energy_note": energy.why_not,
+        "sensors": {"energy": energy_source,
+                    "energy_note": None if energy_source else
+                    "{}, and no tegrastats".format(energy.why_not),
+                    "tegrastats": tegra.available, "tegrastats_note": tegra.why_not,
                     "temperature_c_start": sensors.max_temperature_c(root),
                     "temperature_note": None if sensors.temperatures_c(root) else (
                         "{}: no readable /sys/class/thermal zone".format(sensors.NOT_AVAILABLE)),
@@ -392,26 +494,31 @@ def _bench(paths, runs, duration_s, warmup, batches, concurrency, device, thread
     sessions = []
     taken = set()
     steps = len(batches) + len(batches) * len(concurrency)
-    progress.total = len(paths) * (1 + len(batches) * len(concurrency)) + len(batches)
+    progress.total = (len(paths) * (1 + len(batches) * len(concurrency) + (cache is not None))
+                      + len(batches))
     for path in paths:
         entry = {"path": str(path), "label": _label(path, taken), "ok": False, "error": None,
                  "name": None, "backend": None, "backend_version": None, "precision": None,
                  "profile": None,
-                 "load": {"backend_import_s": None, "cold_s": None, "warm_s": None},
+                 "load": {"backend_import_s": None, "cold_s": None, "warm_s": None,
+                          "build": {"step": None, "cold_s": None, "cold_cache": None,
+                                    "warm_s": None, "warm_cache": None, "uncached_s": None,
+                                    "note": None}},
                  "first_inference_ms": None, "latency": [], "throughput": [],
                  "memory": {"rss_after_load_mb": None, "peak_rss_mb": None},
-                 "accuracy": None, "accuracy_control": None, "ratios": None}
+                 "accuracy": None, "accuracy_control": None, "ratios": None, "cache": None}
         report["bundles"].append(entry)
         progress.step("load {}".format(entry["label"]))
         try:
-            sessions.append((entry, _load_bundle(entry, device, threads, root)))
+            sessions.append((entry, _load_bundle(entry, device, threads, build_cache)))
             entry["ok"] = True
         except UsageError:
             raise
         except Exception as exc:  # one broken bundle must not stop the others (issue 9)
             entry["error"] = one_line(exc)
     # Bundles that failed to load have no later steps.
-    progress.total = len(paths) + steps + len(batches) * len(concurrency) * (len(sessions) - 1)
+    progress.total = (len(paths) + steps + len(batches) * len(concurrency) * (len(sessions) - 1)
+                      + (len(sessions) if cache is not None else 0))
     try:
         for batch in batches:
             progress.step("latency batch {} ({} bundles interleaved)".format(batch, len(sessions)))
@@ -438,11 +545,20 @@ def _bench(paths, runs, duration_s, warmup, batches, concurrency, device, thread
                     requests = _requests(entry, batch, level, runs, duration_s)
                     session.run_many([feeds] * min(requests, level * 2), concurrency=level,
                                      cache=False)  # warm the pool or the async queue
-                    result = _throughput(session, feeds, batch, level, requests, energy, root)
+                    result = _throughput(session, feeds, batch, level, requests, energy, root,
+                                         tegra if tegra.available else None)
                     entry["throughput"].append(result)
                     peak = result["peak_rss_mb"]
                     if peak is not None and (entry["memory"]["peak_rss_mb"] or 0) < peak:
                         entry["memory"]["peak_rss_mb"] = peak
+        if cache is not None:
+            from . import caching
+            for entry, session in sessions:
+                progress.step("cache {} (miss, {})".format(entry["label"], ", ".join(
+                    label for name, label in caching.TIERS
+                    if name in caching.tier_settings(cache))))
+                entry["cache"] = caching.measure(session, cache, runs=runs,
+                                                 duration_s=duration_s)
     finally:
         for _, session in sessions:
             session.close()
@@ -458,6 +574,18 @@ def _bench(paths, runs, duration_s, warmup, batches, concurrency, device, thread
                         "process_cpu_percent": wall.stop(),
                         "failed": [e["label"] for e in report["bundles"] if not e["ok"]]}
     return report
+
+
+def _describe_cache(cache):
+    """The cache settings as the report shows them (the Redis URL without its password)."""
+    if cache is None:
+        return None
+    shown = dict(cache)
+    url = shown.get("redis_url")
+    if url and "@" in url:
+        scheme, _, rest = url.partition("://")
+        shown["redis_url"] = "{}://***@{}".format(scheme, rest.rpartition("@")[2])
+    return shown
 
 
 def _bound(session, feeds):

@@ -90,11 +90,12 @@ def markdown(report):
                  settings["threads"] or "default",
                  ", pinned to cores {}".format(settings["pinned_cores"])
                  if settings["pinned_cores"] else "", report["baseline"] or MISSING),
-             "Energy: {}. Temperature: {}.".format(
+             "Energy: {}. Temperature: {}.{}".format(
                  sensors["energy"] or sensors["energy_note"],
                  "{} -> {} C".format(_num(sensors["temperature_c_start"], 1),
                                      _num(sensors.get("temperature_c_end"), 1))
-                 if sensors["temperature_c_start"] is not None else sensors["temperature_note"]),
+                 if sensors["temperature_c_start"] is not None else sensors["temperature_note"],
+                 _jetson_line(report)),
              ""]
     lines.append("| bundle | precision | backend | top-1 | vs FP32 (pts) | load cold ms "
                  "| load warm ms | first ms | p50 ms | p90 ms | p99 ms | max ms | p50 ratio "
@@ -123,9 +124,10 @@ def markdown(report):
     lines.append("")
     lines.append("Latency at batch {}. Throughput:".format(first))
     lines.append("")
+    gpu = bool(sensors.get("tegrastats"))
     lines.append("| bundle | batch | concurrency | inferences/s | samples/s | ratio | CPU % "
-                 "| energy mJ/inference |")
-    lines.append("|" + " --- |" * 8)
+                 "| energy mJ/inference |" + (" GPU % | EMC % |" if gpu else ""))
+    lines.append("|" + " --- |" * (10 if gpu else 8))
     for entry in report["bundles"]:
         if not entry["ok"]:
             continue
@@ -138,12 +140,88 @@ def markdown(report):
                                                                   row["concurrency"]))),
                 _num(row["cpu_percent"], 0),
                 _num(row["energy_per_inference_mj"], 3) if row["energy_j"] is not None
-                else "not available here"))
+                else "not available here") + (" {} | {} |".format(
+                    _num(row.get("gpu_percent"), 0), _num(row.get("emc_percent"), 0))
+                    if gpu else ""))
+    lines.extend(_build_table(report))
+    lines.extend(_cache_table(report))
     failed = [e for e in report["bundles"] if not e["ok"]]
     if failed:
         lines.extend(["", "Not measured:", ""])
         lines.extend("- {}: {}".format(e["path"], e["error"]) for e in failed)
     return "\n".join(lines) + "\n"
+
+
+def _jetson_line(report):
+    """" Jetson: power mode ..., jetson_clocks ..." (empty on other machines)."""
+    machine = report["machine"]
+    mode, clocks = machine.get("power_mode"), machine.get("clocks")
+    if not mode and not clocks:
+        return ""
+    parts = []
+    if mode:
+        parts.append("power mode {} ({})".format(mode.get("name") or MISSING, mode.get("id")))
+    if clocks:
+        parts.append("jetson_clocks {}".format(clocks.get("jetson_clocks")))
+        if clocks.get("gpu_mhz") is not None:
+            parts.append("GPU at {:.0f} MHz".format(clocks["gpu_mhz"]))
+    return " Jetson: {}.".format(", ".join(parts))
+
+
+def _seconds(value, state):
+    if value is None:
+        return MISSING
+    return "{:.3f}{}".format(value, " ({})".format(state) if state else "")
+
+
+def _build_table(report):
+    """Compile / engine build time of the cold and warm loads, per bundle."""
+    rows = [e for e in report["bundles"] if e["ok"] and e["load"].get("build")]
+    if not rows:
+        return []
+    lines = ["", "Engine build / compile on a cold start (inside the load times above; "
+                 "model cache state in brackets):", "",
+             "| bundle | step | cold s | warm s | without model cache s | note |",
+             "|" + " --- |" * 6]
+    for entry in rows:
+        build = entry["load"]["build"]
+        lines.append("| {} | {} | {} | {} | {} | {} |".format(
+            entry["label"], build.get("step") or MISSING,
+            _seconds(build.get("cold_s"), build.get("cold_cache")),
+            _seconds(build.get("warm_s"), build.get("warm_cache")),
+            _seconds(build.get("uncached_s"), None), build.get("note") or ""))
+    return lines
+
+
+def _hit(cache, tier):
+    hit = (cache.get("hits") or {}).get(tier)
+    if hit is None:
+        return MISSING
+    return "{:.3f} ({:.3f}x)".format(hit["p50_ms"], hit["vs_model_run"])
+
+
+def _cache_table(report):
+    """Result cache at batch 1: model run, miss and each tier's hit, per bundle."""
+    rows = [e for e in report["bundles"] if e["ok"] and e.get("cache")]
+    if not rows:
+        return []
+    lines = ["", "Result cache at batch 1 (p50 ms; hits also as a ratio of the model run; "
+                 "timed interleaved):", "",
+             "| bundle | model run | miss | miss overhead | L1 memory hit | L2 disk hit "
+             "| L3 Redis hit |", "|" + " --- |" * 7]
+    notes = []
+    for entry in rows:
+        cache = entry["cache"]
+        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            entry["label"], _num((cache.get("no_cache") or {}).get("p50_ms"), 3),
+            _num((cache.get("miss") or {}).get("p50_ms"), 3),
+            _num(cache.get("miss_overhead_ms"), 3), _hit(cache, "memory"),
+            _hit(cache, "disk"), _hit(cache, "redis")))
+        notes.extend("- {}: {}".format(entry["label"], note) for note in cache.get("notes", ())
+                     if not note.endswith("not configured"))
+    if notes:
+        lines.extend([""] + notes)
+    return lines
 
 
 def write_markdown(report, path):
@@ -163,14 +241,24 @@ def write_plot(report, path):
     measured = [e for e in report["bundles"] if e["ok"]]
     batches = report["settings"]["batches"]
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5))
-    data, labels = [], []
+    # One colour per bundle in both panels; batch sizes differ by line style on the right.
+    palette = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = dict((e["label"], palette[i % len(palette)]) for i, e in enumerate(measured))
+    styles = ("-", "--", ":", "-.")
+    data, labels, faces = [], [], []
     for entry in measured:
         for row in entry["latency"]:
             data.append(row["samples_ms"])
+            faces.append(colours[entry["label"]])
             labels.append(entry["label"] if len(batches) == 1
                           else "{}\nbatch {}".format(entry["label"], row["batch"]))
     if data:
-        left.boxplot(data, whis=(1, 99), showfliers=True)
+        boxes = left.boxplot(data, whis=(1, 99), showfliers=True, patch_artist=True)
+        for box, colour in zip(boxes["boxes"], faces):
+            box.set_facecolor(colour)
+            box.set_alpha(0.6)
+        for median in boxes["medians"]:
+            median.set_color("black")
         left.set_xticks(range(1, len(labels) + 1))
         left.set_xticklabels(labels, rotation=20, fontsize=8)
     # Log scale: one slow outlier (a page fault, a scheduler hiccup) would otherwise
@@ -179,19 +267,28 @@ def write_plot(report, path):
     left.set_ylabel("latency per call (ms, log scale)")
     left.set_title("Latency distribution (whiskers p1-p99)")
     left.grid(axis="y", alpha=0.3)
+    rates = []
     for entry in measured:
-        for batch in batches:
+        for index, batch in enumerate(batches):
             rows = [r for r in entry["throughput"] if r["batch"] == batch]
             if rows:
+                rates.extend(r["samples_per_s"] for r in rows)
                 right.plot([r["concurrency"] for r in rows], [r["samples_per_s"] for r in rows],
-                           marker="o", label="{} (batch {})".format(entry["label"], batch))
+                           marker="o", color=colours[entry["label"]],
+                           linestyle=styles[index % len(styles)],
+                           label="{} (batch {})".format(entry["label"], batch))
     right.set_xlabel("requests in flight (concurrency)")
-    right.set_ylabel("samples / s")
+    if rates and min(rates) > 0 and max(rates) / min(rates) > 20:
+        # Batch sizes far apart: on a linear axis the small batches lie flat on the floor.
+        right.set_yscale("log")
+        right.set_ylabel("samples / s (log scale)")
+    else:
+        right.set_ylabel("samples / s")
     right.set_xticks(report["settings"]["concurrency"])
     right.set_title("Throughput vs concurrency")
     right.grid(alpha=0.3)
     if measured:
-        right.legend(fontsize=8)
+        right.legend(fontsize=7, loc="best", framealpha=0.8)
     figure.suptitle("edgeinfer bench: {}".format(machine_line(report)), fontsize=7)
     figure.tight_layout()
     data = io.BytesIO()

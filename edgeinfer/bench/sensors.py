@@ -10,6 +10,9 @@ Device side: standard library only, Python 3.6 syntax.
 
 import glob
 import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 
@@ -26,6 +29,9 @@ INA_POWER_GLOBS = ("sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input",
 INA_HWMON_GLOB = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*"
 
 THERMAL_GLOB = "sys/class/thermal/thermal_zone*"
+
+# Rails that measure a whole Jetson module (see _total_only).
+TOTAL_RAILS = ("POM_5V_IN", "VDD_IN")
 
 # How often the Jetson rails are sampled: their registers refresh every few ms, and a
 # thread waking at 20 Hz costs nothing measurable next to a model.
@@ -62,12 +68,29 @@ def _rapl_zones(root):
     return zones
 
 
+def _total_only(rails):
+    """The module's input rail alone when there is one, else every rail.
+
+    POM_5V_IN (Nano, TX1) and VDD_IN (TX2, Xavier NX, Orin NX/Nano) measure the
+    whole module and already contain the GPU and CPU rails beside them, so adding
+    those would count their power twice.  AGX Orin has no such rail: its rails
+    are summed.
+    """
+    total = [r for r in rails if r[0] in TOTAL_RAILS]
+    return total[:1] if total else rails
+
+
 def _ina_power_files(root):
-    files = []
+    rails = []
     for pattern in INA_POWER_GLOBS:
-        files.extend(p for p in sorted(glob.glob(os.path.join(root, pattern)))
-                     if _read_number(p) is not None)
-    return files
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            if _read_number(path) is None:
+                continue
+            # in_power0_input is named by rail_name_0 in the device folder (JetPack 4).
+            index = os.path.basename(path)[len("in_power"):-len("_input")]
+            name = _read_text(os.path.join(os.path.dirname(path), "rail_name_" + index))
+            rails.append((name, path))
+    return [path for _, path in _total_only(rails)]
 
 
 def _ina_hwmon_rails(root):
@@ -77,8 +100,9 @@ def _ina_hwmon_rails(root):
             index = os.path.basename(current)[len("curr"):-len("_input")]
             voltage = os.path.join(folder, "in{}_input".format(index))
             if _read_number(current) is not None and _read_number(voltage) is not None:
-                rails.append((voltage, current))
-    return rails
+                name = _read_text(os.path.join(folder, "in{}_label".format(index)))
+                rails.append((name, (voltage, current)))
+    return [pair for _, pair in _total_only(rails)]
 
 
 class EnergyMeter(object):
@@ -216,3 +240,150 @@ class CpuClock(object):
         if wall <= 0:
             return None
         return 100.0 * (times[0] + times[1] - self._cpu) / wall
+
+
+# -- tegrastats ------------------------------------------------------------------------------
+
+# tegrastats prints one line per interval; the fields differ between releases:
+#   JetPack 4 (Nano):  ... EMC_FREQ 0%@1600 GR3D_FREQ 0%@76 ... CPU@40C PMIC@50C ...
+#                      POM_5V_IN 1750/1628 POM_5V_GPU 0/0 POM_5V_CPU 366/406   (mW, no unit)
+#   JetPack 5/6 (Orin): 05-15-2025 18:30:28 RAM ... EMC_FREQ 18%@3199 GR3D_FREQ 84%@[713] ...
+#                      cpu@65.562C gpu@63.5C tj@65.562C VDD_IN 17946mW/15710mW ...
+#   AGX Orin:          GR3D_FREQ 0%@[0,0] CV0@-256C ... VDD_GPU_SOC 2340mW/2340mW NC 0mW/0mW
+# A rail is "NAME current/average", in mW; a temperature "name@degreesC" (-256C: sensor off).
+TEGRASTATS_PERIOD_MS = 100
+_RAIL = re.compile(r"(?:^|\s)([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
+_TEMPERATURE = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C(?=\s|$)")
+_LOAD = re.compile(r"(?:^|\s)(GR3D_FREQ|GR3D2_FREQ|EMC_FREQ)\s+(\d+)%(?:@\[?(\d+))?")
+_NOT_RAILS = ("RAM", "SWAP", "IRAM", "NC")
+# Readings that are not temperatures of anything: PMIC@100C is a constant on Nano and
+# Xavier, and -256C marks a powered-down sensor (Orin's CV and GPU zones at idle).
+_NOT_TEMPERATURES = ("PMIC",)
+_COLDEST_REAL_C = -40.0
+
+
+def parse_tegrastats(line):
+    """One tegrastats line as numbers; fields the line lacks are left out.
+
+    Returns:
+        dict: ``rails_mw`` (rail -> current mW), ``power_mw`` (the module's input
+        rail, or the sum of the rails when it has none; see :func:`_total_only`),
+        ``temperatures_c`` (sensor -> degrees C, powered-down sensors left out),
+        ``gr3d_percent`` (GPU load; GR3D2 too on two-GPC Orins, averaged),
+        ``gr3d_mhz``, ``emc_percent`` (memory controller load), ``emc_mhz``.
+    """
+    found = {}
+    rails = [(name, int(now)) for name, now, _ in _RAIL.findall(line)
+             if name not in _NOT_RAILS]
+    if rails:
+        found["rails_mw"] = dict(rails)
+        found["power_mw"] = sum(mw for _, mw in _total_only(rails))
+    temperatures = dict((name, float(value)) for name, value in _TEMPERATURE.findall(line)
+                        if float(value) > _COLDEST_REAL_C and name not in _NOT_TEMPERATURES)
+    if temperatures:
+        found["temperatures_c"] = temperatures
+    gpu = []
+    for name, percent, mhz in _LOAD.findall(line):
+        if name == "EMC_FREQ":
+            found["emc_percent"] = float(percent)
+            if mhz:
+                found["emc_mhz"] = float(mhz)
+        else:
+            gpu.append(float(percent))
+            if mhz and name == "GR3D_FREQ":
+                found["gr3d_mhz"] = float(mhz)
+    if gpu:
+        found["gr3d_percent"] = sum(gpu) / len(gpu)
+    return found
+
+
+def summarize_tegrastats(samples):
+    """Readings ``[(seconds, parse_tegrastats(line)), ...]`` over a stretch, summarized.
+
+    Returns:
+        dict or None (no samples): ``samples``; ``energy_j`` (power integrated over
+        the samples' times, trapezoids; None without a power reading); ``power_w_mean``;
+        ``gr3d_percent_mean`` / ``_max``, ``emc_percent_mean``, ``temperature_c_max``
+        (each None when the lines lack it).
+    """
+    if not samples:
+        return None
+
+    def values(key):
+        return [s[key] for _, s in samples if key in s]
+
+    power = [(t, s["power_mw"] / 1000.0) for t, s in samples if "power_mw" in s]
+    energy = None
+    if len(power) >= 2:
+        energy = sum(0.5 * (w0 + w1) * (t1 - t0)
+                     for (t0, w0), (t1, w1) in zip(power, power[1:]))
+    gr3d, emc = values("gr3d_percent"), values("emc_percent")
+    hottest = [max(t.values()) for t in values("temperatures_c")]
+    return {"samples": len(samples), "energy_j": energy,
+            "power_w_mean": sum(w for _, w in power) / len(power) if power else None,
+            "gr3d_percent_mean": sum(gr3d) / len(gr3d) if gr3d else None,
+            "gr3d_percent_max": max(gr3d) if gr3d else None,
+            "emc_percent_mean": sum(emc) / len(emc) if emc else None,
+            "temperature_c_max": max(hottest) if hottest else None}
+
+
+class Tegrastats(object):
+    """Runs ``tegrastats --interval`` while a phase runs and keeps its lines as numbers.
+
+    Jetson only: ``available`` is False (and ``why_not`` says so) where no
+    ``tegrastats`` is on PATH.  tegrastats runs without root; a few fields it
+    prints only for root are then simply absent.
+
+    Args:
+        binary: the program (default None: ``tegrastats`` found on PATH).
+        interval_ms: its sampling interval (default :data:`TEGRASTATS_PERIOD_MS`).
+    """
+
+    def __init__(self, binary=None, interval_ms=TEGRASTATS_PERIOD_MS):
+        self.binary = binary or shutil.which("tegrastats")
+        self.interval_ms = int(interval_ms)
+        self.available = self.binary is not None
+        self.why_not = None if self.available else (
+            "{}: no tegrastats on PATH (a Jetson tool)".format(NOT_AVAILABLE))
+        self._proc = None
+        self._thread = None
+        self._samples = []
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            parsed = parse_tegrastats(line)
+            if parsed:
+                self._samples.append((time.perf_counter(), parsed))
+
+    def start(self):
+        """Start sampling (does nothing where tegrastats is not available)."""
+        if not self.available:
+            return
+        self._samples = []
+        try:
+            self._proc = subprocess.Popen(
+                [self.binary, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, universal_newlines=True)
+        except OSError as exc:
+            self.available = False
+            self.why_not = "{}: tegrastats could not start ({})".format(NOT_AVAILABLE, exc)
+            return
+        self._thread = threading.Thread(target=self._read, args=(self._proc,),
+                                        name="edgeinfer-tegrastats")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self):
+        """Stop sampling: :func:`summarize_tegrastats` of what was read, or None."""
+        if self._proc is None:
+            return None
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._thread.join(5)
+        self._proc.stdout.close()
+        self._proc = self._thread = None
+        return summarize_tegrastats(self._samples)

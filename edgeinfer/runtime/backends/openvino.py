@@ -523,6 +523,7 @@ class OpenVinoBackend(object):
             check_device(core, device)
         config = compile_config(options)
         entry = files.entry
+        started = time.perf_counter()
         try:
             if local:
                 compiled, model = self._compile_local(core, files, device, config, options)
@@ -540,7 +541,10 @@ class OpenVinoBackend(object):
                 entry, device, _first_line(exc)),
                 "Convert the model again with the openvino version installed here ({}), "
                 "or try another device.".format(self.version()))
-        return OpenVinoRunner(compiled, named, device)
+        runner = OpenVinoRunner(compiled, named, device)
+        runner.load_stats = compile_stats(compiled, time.perf_counter() - started,
+                                          options["cache_dir"] is not None)
+        return runner
 
     def _compile_local(self, core, files, device, config, options):
         xml = files.paths[files.entry]
@@ -579,6 +583,24 @@ class OpenVinoBackend(object):
                                           dict(config, CACHE_DIR=blobs))
         model = core.read_model(bundle.read(entry), bundle.read(weights))
         return core.compile_model(model, device, config)
+
+
+def compile_stats(compiled, seconds, cached):
+    """What ``edgeinfer bench`` reports of a compile: its time, and what the model cache did.
+
+    Returns:
+        dict: ``step`` ("OpenVINO compile_model"), ``seconds`` (reading the IR and
+        compiling it, or importing the cached blob), ``model_cache``: ``"hit"`` (the
+        blob was imported), ``"miss"`` (compiled, blob written), ``"off"`` (no
+        cache_dir) or None (this OpenVINO does not say).
+    """
+    state = "off"
+    if cached:
+        try:
+            state = "hit" if bool(compiled.get_property("LOADED_FROM_CACHE")) else "miss"
+        except Exception:  # OpenVINO before 2023.1 lacks the property
+            state = None
+    return {"step": "OpenVINO compile_model", "seconds": seconds, "model_cache": state}
 
 
 def _short_version(ov):
@@ -704,10 +726,13 @@ class OpenVinoRunner(object):
         optimal_requests: OpenVINO's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` for it (1
             under the LATENCY hint, about one per stream under THROUGHPUT): the
             default concurrency of :meth:`run_many`.
+        load_stats: :func:`compile_stats` of the load that made it (None when made
+            directly).
     """
 
     def __init__(self, compiled, named, device):
         self.compiled_model = compiled
+        self.load_stats = None
         self.device = device
         self.inputs = [spec_of(p, named, "input", i) for i, p in enumerate(compiled.inputs)]
         self.outputs = [spec_of(p, named, "output", i) for i, p in enumerate(compiled.outputs)]

@@ -1013,9 +1013,15 @@ class TensorRtRunner(object):
         tensorrt: the TensorRT version running it.
         api: ``"named"`` or ``"bindings"``.
         cuda: the CUDA binding's name.
+        load_stats: what the load did, for ``edgeinfer bench``: ``step`` ("TensorRT
+            engine build"), ``engine`` (``"built"`` on this load or ``"cached"``),
+            ``seconds`` (the build's, None when the engine came from the cache) and
+            ``deserialize_s``; None when the runner was made directly.
     """
 
     def __init__(self, trt, engine_bytes, specs, cuda, plan):
+        self.load_stats = None
+        started = time.perf_counter()
         inputs, outputs = specs
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.tensorrt = str(trt.__version__)
@@ -1040,6 +1046,7 @@ class TensorRtRunner(object):
             self._stream = cuda.stream()
         self._buffers = dict((t.name, _Buffer()) for t in tensors)
         self._shapes = {}
+        self.deserialize_s = time.perf_counter() - started
 
     def _match(self, tensors):
         by_name = dict((t.name, t) for t in tensors)
@@ -1277,6 +1284,11 @@ def _specs(files):
     return bundle.inputs, bundle.outputs
 
 
+def _load_stats(engine, build_s, runner):
+    return {"step": "TensorRT engine build", "engine": engine, "seconds": build_s,
+            "deserialize_s": runner.deserialize_s}
+
+
 class TensorRtBackend(object):
     """Backend over TensorRT's builder and runtime (or ONNX Runtime's TensorRT provider)."""
 
@@ -1340,13 +1352,16 @@ class TensorRtBackend(object):
             try:
                 runner = TensorRtRunner(trt, data, specs, cuda, plan)
                 log.debug("TensorRT engine loaded from %s", cache.engine_path(key))
+                runner.load_stats = _load_stats("cached", None, runner)
                 return runner
             except EngineRejected:
                 log.warning("TensorRT %s cannot load the cached engine %s (another TensorRT "
                             "wrote it, or it is damaged); rebuilding it.", version,
                             cache.engine_path(key))
                 cache.invalidate(key)
+        started = time.perf_counter()
         data = self._build(trt, files, model, plan, gpu, cache)
+        built_s = time.perf_counter() - started
         if cache is not None:
             try:
                 cache.put(key, data)
@@ -1354,7 +1369,9 @@ class TensorRtBackend(object):
                 log.warning("Cannot store the TensorRT engine in %s (%s): it will be built "
                             "again next time.", cache.root, exc)
         try:
-            return TensorRtRunner(trt, data, specs, cuda, plan)
+            runner = TensorRtRunner(trt, data, specs, cuda, plan)
+            runner.load_stats = _load_stats("built", built_s, runner)
+            return runner
         except EngineRejected:
             raise BackendError("TensorRT {} cannot load the engine it just built.".format(
                 version), "Run again with --debug and report it.")
