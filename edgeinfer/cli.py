@@ -406,15 +406,21 @@ def _save_npz(path, arrays):
               help="Longest a request waits for others to stack with.")
 @click.option("--max-queue", default=64, show_default=True, type=int,
               help="Requests waiting per model before answering 503 + Retry-After.")
-@click.option("--instances", default=1, show_default=True, type=int,
-              help="Runs of each model in flight at once (threads).")
+@click.option("--instances", type=int,
+              help="Runs of each model in flight at once (threads). Default: 2 for ONNX "
+                   "Runtime models on 2+ cores, each run on half the cores (best "
+                   "throughput under concurrent clients), 1 with dynamic batching; 1 gives "
+                   "a lone request every core.")
 @click.option("--backend-option", "backend_option", multiple=True, metavar="KEY=VALUE",
-              help="A backend option for every model, e.g. intra_op_threads=1 (ONNX Runtime; "
-                   "with --instances 2 on a 2-core board). Repeatable.")
+              help="A backend option for every model, e.g. intra_op_threads=2 (ONNX "
+                   "Runtime). Repeatable. Unless given, served ONNX Runtime models get "
+                   "stop_spinning=true, and intra_op_threads=cores/instances when more than "
+                   "one run is in flight.")
 @click.option("--timeout-s", default=30.0, show_default=True, type=float,
               help="Per-request limit on queueing plus running (504 after).")
-@click.option("--body-timeout-s", default=30.0, show_default=True, type=float,
-              help="Longest a client may take to send its request body (408 after).")
+@click.option("--client-timeout-s", default=30.0, show_default=True, type=float,
+              help="Longest a client may take to send a request's headers, and again its "
+                   "body (slow clients get 408 and are disconnected).")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=float,
               help="Largest request body (413 beyond).")
 @click.option("--max-connections", default=1000, show_default=True, type=int,
@@ -422,7 +428,7 @@ def _save_npz(path, arrays):
 @click.option("--drain-s", default=10.0, show_default=True, type=float,
               help="On SIGTERM/Ctrl-C, longest wait for in-flight requests.")
 def serve(bundles, host, port, device, cache_dir, cache_mb, redis_url, max_batch, max_delay_ms,
-          max_queue, instances, backend_option, timeout_s, body_timeout_s, max_body_mb,
+          max_queue, instances, backend_option, timeout_s, client_timeout_s, max_body_mb,
           max_connections, drain_s):
     """Serve BUNDLES over HTTP: KServe v2 / Open Inference Protocol.
 
@@ -432,7 +438,7 @@ def serve(bundles, host, port, device, cache_dir, cache_mb, redis_url, max_batch
     from .serve import serve as run_server
     from .serve.app import Options
     options = Options(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                      instances=instances, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                      instances=instances, timeout_s=timeout_s, client_timeout_s=client_timeout_s,
                       drain_s=drain_s,
                       max_body_bytes=int(max_body_mb * 1024 * 1024))
     load_options = {"device": device} if device else {}

@@ -27,6 +27,8 @@ import pytest
 import edgeinfer
 from edgeinfer.bundle import Bundle
 
+from edgeinfer.serve.repository import served_options, usable_cores
+
 from .conftest import tiny_manifest
 
 pytest.importorskip("starlette")
@@ -260,6 +262,50 @@ def test_unknown_model_is_404(server):
     assert status == 405 and "error" in json.loads(data)
 
 
+def test_config_and_stats_endpoints_as_perf_analyzer_reads_them(server, batching):
+    # perf_analyzer reads max_batch_size and dims (batch dim left out when batching),
+    # and refuses stats whose compute_input/infer/output counts differ.
+    status, _, data = server.request("GET", "/v2/models/tiny/config")
+    assert status == 200
+    config = json.loads(data)
+    assert config["name"] == "tiny" and config["max_batch_size"] == 1
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert [o["name"] for o in config["output"]] == ["y", "z"]
+    assert "dynamic_batching" not in config
+    assert config["instance_group"] == [{"count": 2 if usable_cores() > 1 else 1,
+                                         "kind": "KIND_CPU"}]
+    batched = json.loads(batching.request("GET", "/v2/models/tiny/versions/1/config")[2])
+    assert batched["max_batch_size"] == 8
+    assert batched["dynamic_batching"] == {"max_queue_delay_microseconds": 50000}
+
+    def stats():
+        status, _, data = server.request("GET", "/v2/models/ints/stats")
+        assert status == 200
+        return json.loads(data)["model_stats"][0]
+    before = stats()
+    body = {"inputs": [{"name": "n", "shape": [3, 2], "datatype": "INT64", "data": [1] * 6}]}
+    for _ in range(2):
+        assert server.post_json("/v2/models/ints/infer", body)[0] == 200
+    assert server.post_json("/v2/models/ints/infer", {"inputs": []})[0] == 400
+    after = stats()
+    assert (after["name"], after["version"]) == ("ints", "1")
+    assert after["inference_count"] - before["inference_count"] == 6   # rows, not requests
+    assert after["execution_count"] - before["execution_count"] == 2
+    grew = dict((key, after["inference_stats"][key]["count"] - before["inference_stats"][key][
+        "count"]) for key in after["inference_stats"])
+    assert grew == {"success": 2, "fail": 0, "queue": 2, "compute_input": 2, "compute_infer": 2,
+                    "compute_output": 2, "cache_hit": 0, "cache_miss": 0}
+    assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"][
+        "compute_infer"]["ns"]
+    assert abs(after["last_inference"] / 1000.0 - time.time()) < 60   # ms since the epoch
+    sizes = dict((b["batch_size"], b["compute_infer"]["count"]) for b in after["batch_stats"])
+    assert sizes.get(3, 0) >= 2
+    for path in ("/v2/models/nope/config", "/v2/models/nope/stats",
+                 "/v2/models/tiny/versions/9/config", "/v2/models/tiny/versions/9/stats"):
+        status, _, data = server.request("GET", path)
+        assert status == 404 and "is not served here" in json.loads(data)["error"], path
+
+
 def test_oversized_body_is_413(server):
     big = b" " * (1024 * 1024 + 10)
     status, _, data = server.request("POST", "/v2/models/tiny/infer", big)
@@ -399,6 +445,26 @@ def test_cache_answers_repeats_and_metrics_count_it(batching):
     assert hits and int(hits.group(1)) >= 1, text
 
 
+def test_served_defaults_fill_in_only_what_the_user_left_out(bundles):
+    # ONNX Runtime models: two runs in flight on 2+ cores, each on half of them, pool
+    # threads not spinning between runs; whatever the user gives wins.
+    cores = usable_cores()
+    options, count = served_options(bundles["tiny"], None, None)
+    if cores > 1:
+        assert count == 2
+        assert options["backend_options"] == {"stop_spinning": True,
+                                              "intra_op_threads": max(1, cores // 2)}
+    options, count = served_options(bundles["tiny"], {"device": "cpu", "backend_options": {
+        "intra_op_threads": 3, "stop_spinning": False}}, 4)
+    assert count == 4 and options["device"] == "cpu"
+    assert options["backend_options"] == {"stop_spinning": False, "intra_op_threads": 3}
+    options, count = served_options(bundles["tiny"], None, 1)
+    assert count == 1 and options["backend_options"] == {"stop_spinning": True}
+    # Dynamic batching on a batchable model: one run, stacked, on every core.
+    options, count = served_options(bundles["tiny"], None, None, max_batch=8)
+    assert count == 1 and options["backend_options"] == {"stop_spinning": True}
+
+
 # -- backpressure, timeouts, shutdown ----------------------------------------------------------
 
 
@@ -430,21 +496,72 @@ def test_flood_beyond_the_queue_gets_503_and_the_server_lives(bundles):
         assert served.stop(), "".join(served.log)
 
 
-def test_timeout_and_slow_client(bundles):
+def _trickle(port, head, pace_s=0.1, limit_s=20):
+    """A slowloris: send ``head`` at once, then (unless ``head`` is None: a client that
+    sends nothing) one byte every ``pace_s`` until the server answers or closes.
+    Returns ``(seconds until the end, all it read)``."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(pace_s)
+    start = time.time()
+    received = b""
+    try:
+        if head:
+            sock.sendall(head)
+        while time.time() - start < limit_s:
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                if head is None:
+                    continue
+                try:
+                    sock.sendall(b"a")
+                except OSError:   # closed under us: read what came before
+                    sock.settimeout(5)
+                    chunk = sock.recv(4096)
+                else:
+                    continue
+            if not chunk:
+                break
+            received += chunk
+        return time.time() - start, received
+    finally:
+        sock.close()
+
+
+def test_timeout_and_slow_clients(bundles):
     served = Served([bundles["tiny"]], "--max-batch", "64", "--max-delay-ms", "2000",
-                    "--timeout-s", "0.2", "--body-timeout-s", "0.5")
+                    "--timeout-s", "0.2", "--client-timeout-s", "1")
     try:
         status, _, data = served.post_json("/v2/models/tiny/infer", _infer_body())
         assert status == 504 and "timeout" in data["error"]
-        # A client that stops sending its body is cut off, and does not hold up others.
-        slow = socket.create_connection(("127.0.0.1", served.port))
-        slow.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"inputs\"")
-        assert served.request("GET", "/v2/health/ready")[0] == 200
-        slow.settimeout(10)
-        answer = slow.recv(4096).decode()
-        assert answer.startswith("HTTP/1.1 408"), answer
-        slow.close()
+        # Slow clients, all at once: one trickles its headers, one says nothing, one
+        # trickles its body.  Each is answered 408 and closed; others are served meanwhile.
+        slow = {
+            "headers": b"POST /v2/models/tiny/infer HTTP/1.1\r\nX-Slow: ",
+            "silent": None,
+            "body": b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                    b"100000\r\n\r\n{\"inputs\": ",
+        }
+        outcome = {}
+
+        def run(name):
+            outcome[name] = _trickle(served.port, slow[name])
+        threads = [threading.Thread(target=run, args=(name,)) for name in slow]
+        for thread in threads:
+            thread.start()
+        ready = [served.request("GET", "/v2/health/ready")[0] for _ in range(5)]
+        for thread in threads:
+            thread.join(30)
+        assert ready == [200] * 5
+        for name, (seconds, answer) in outcome.items():
+            # Answered, then closed (the read loop ended on EOF, well before its 20 s).
+            assert answer.startswith(b"HTTP/1.1 408 "), (name, answer)
+            assert seconds < 15, (name, seconds)
+            assert b"connection: close" in answer.lower(), (name, answer)
+        assert b"client-timeout-s" in outcome["body"][1]
+        text = served.request("GET", "/metrics")[2].decode()
+        assert 'edgeinfer_requests_total{endpoint="headers",code="408"} 2' in text, text
+        assert 'edgeinfer_requests_total{endpoint="infer",code="408"} 1' in text, text
     finally:
         assert served.stop(), "".join(served.log)
 
@@ -501,7 +618,7 @@ def test_serve_without_the_extra_says_which_to_install(tiny_bundle):
 def test_serve_package_imports_without_starlette():
     code = ("import sys\nimport edgeinfer.cli, edgeinfer.serve, edgeinfer.serve.app, "
             "edgeinfer.serve.batching, edgeinfer.serve.protocol, edgeinfer.serve.metrics, "
-            "edgeinfer.serve.repository\n"
+            "edgeinfer.serve.repository, edgeinfer.serve.transport\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('starlette', 'uvicorn', 'onnx', 'onnxruntime')))")
     done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,

@@ -7,7 +7,8 @@ KServe SDKs, perf_analyzer) work unchanged.  Parts:
 * :mod:`.repository` - the bundles served, by name and version;
 * :mod:`.batching` - the bounded per-model queue, dynamic batching, runs off the loop;
 * :mod:`.metrics` - Prometheus text;
-* :mod:`.app` - the Starlette routes.
+* :mod:`.app` - the Starlette routes;
+* :mod:`.transport` - uvicorn's HTTP protocol with a deadline on request headers.
 
 Starlette and uvicorn come with ``pip install edgeinfer[serve]`` and are imported
 only here, when a server starts.  Needs Python 3.8+.
@@ -49,19 +50,25 @@ def serve(paths, host="127.0.0.1", port=8000, cache=None, options=None, load_opt
     require("starlette", "the HTTP server")
     from .app import Options, Server, build_app
     from .repository import Repository
+    from .transport import http_protocol
     options = options or Options()
     _check(options, port, max_connections)
-    repository = Repository(paths, cache=cache, load_options=load_options)
+    repository = Repository(paths, cache=cache, load_options=load_options,
+                            instances=options.instances, max_batch=options.max_batch)
     for model in repository.all():
-        LOG.info("loaded %s v%s in %.2f s (%s, batch %s)", model.name, model.version,
-                 model.load_s, model.describe_inputs(),
+        LOG.info("loaded %s v%s in %.2f s (%s, batch %s, %d run(s) at a time)", model.name,
+                 model.version, model.load_s, model.describe_inputs(),
                  "up to {} rows".format(options.max_batch) if model.batchable
-                 and options.max_batch > 1 else "off")
+                 and options.max_batch > 1 else "off", model.instances)
     server = Server(repository, options, cache)
+    # No access log and no X-Forwarded-For rewriting: the server uses neither, and each
+    # costs every request on the event loop.  The protocol class closes clients that send
+    # their headers too slowly (uvicorn itself has no such limit).
     config = uvicorn.Config(
         build_app(server), host=host, port=port, log_level="warning", access_log=False,
         lifespan="on", limit_concurrency=max_connections, timeout_keep_alive=keep_alive_s,
-        timeout_graceful_shutdown=options.drain_s)
+        timeout_graceful_shutdown=options.drain_s, proxy_headers=False,
+        http=http_protocol(options.client_timeout_s, server.count_header_timeout))
     try:
         sock = _listen(host, port)
     except BaseException:
@@ -103,10 +110,11 @@ def _check(options, port, max_connections):
     whole("--port", port, 0)
     whole("--max-batch", options.max_batch, 1)
     whole("--max-queue", options.max_queue, 1)
-    whole("--instances", options.instances, 1)
+    if options.instances is not None:
+        whole("--instances", options.instances, 1)
     whole("--max-connections", max_connections, 1)
     whole("--max-body-mb", options.max_body_bytes, 1)
     positive("--max-delay-ms", options.max_delay_ms, zero=True)
     positive("--timeout-s", options.timeout_s)
-    positive("--body-timeout-s", options.body_timeout_s)
+    positive("--client-timeout-s", options.client_timeout_s)
     positive("--drain-s", options.drain_s, zero=True)

@@ -12,8 +12,9 @@ as ``/v2/models/{m}/versions/{v}/...``)::
 
 The event loop only parses and answers; models run in a thread pool through
 each model's :class:`~edgeinfer.serve.batching.Batcher`.  Request bodies are
-read with a size limit (413) and a deadline (408), so a slow or huge upload
-costs a coroutine, never a model thread.
+read with a size limit (413) and a deadline (408), as request headers are
+(:mod:`.transport`), so a slow or huge upload costs a coroutine for a bounded
+time, never a model thread.
 """
 
 import asyncio
@@ -50,21 +51,24 @@ class Options(object):
         max_batch: most rows stacked into one run (default 1: no batching).
         max_delay_ms: longest a request waits to be stacked (default 0).
         max_queue: requests waiting per model before 503 (default 64).
-        instances: runs in flight per model (default 1).
+        instances: runs in flight per model (default None: 2 for ONNX Runtime models on
+            2+ cores, each with half of them, else 1; see
+            :data:`edgeinfer.serve.repository.AUTO_INSTANCES`).
         timeout_s: per-request limit on queueing plus running, 504 after (default 30).
-        body_timeout_s: longest a client may take to send its body, 408 after (default 30).
+        client_timeout_s: longest a client may take to send a request's headers, and
+            again its body; after it, 408 and the connection is closed (default 30).
         max_body_bytes: largest request body, 413 beyond (default 64 MiB).
         drain_s: on shutdown, longest wait for queued requests (default 10).
     """
 
-    def __init__(self, max_batch=1, max_delay_ms=0.0, max_queue=64, instances=1, timeout_s=30.0,
-                 body_timeout_s=30.0, max_body_bytes=64 << 20, drain_s=10.0):
+    def __init__(self, max_batch=1, max_delay_ms=0.0, max_queue=64, instances=None, timeout_s=30.0,
+                 client_timeout_s=30.0, max_body_bytes=64 << 20, drain_s=10.0):
         self.max_batch = max_batch
         self.max_delay_ms = max_delay_ms
         self.max_queue = max_queue
         self.instances = instances
         self.timeout_s = timeout_s
-        self.body_timeout_s = body_timeout_s
+        self.client_timeout_s = client_timeout_s
         self.max_body_bytes = max_body_bytes
         self.drain_s = drain_s
 
@@ -91,14 +95,14 @@ class Server(object):
         self.options = options
         self.cache = cache
         self.ready = False
-        workers = sum(options.instances for _ in repository.all())
+        workers = sum(model.instances for model in repository.all())
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="edgeinfer-model")
         self.registry = prom.Registry()
         self._build_metrics()
         for model in repository.all():
             model.batcher = Batcher(model, self.executor, options.max_batch, options.max_delay_ms,
-                                    options.max_queue, options.instances,
+                                    options.max_queue, model.instances,
                                     observe=self._observer(model))
 
     def _build_metrics(self):
@@ -132,6 +136,10 @@ class Server(object):
                                 ("tier",), read=lambda: self._cache_counts("hits")))
         add(prom.ScrapedCounter("edgeinfer_cache_misses_total", "Result cache misses, by tier.",
                                 ("tier",), read=lambda: self._cache_counts("misses")))
+
+    def count_header_timeout(self):
+        """A connection closed for sending its headers too slowly (see :mod:`.transport`)."""
+        self.m_requests.inc("headers", "408")
 
     def _cache_counts(self, what):
         if self.cache is None:
@@ -174,8 +182,14 @@ class Server(object):
             raise HTTPError(404, "{} is not served here. Note: models: {}.".format(what, known))
         return model
 
-    async def body(self, request):
-        """The request body, at most ``max_body_bytes`` (413), within ``body_timeout_s`` (408)."""
+    async def body(self, request, header_length=None):
+        """The request body (bytes-like): at most ``max_body_bytes`` (413), arriving
+        within ``client_timeout_s`` (408, and the connection is closed).
+
+        With ``header_length`` (the Inference-Header-Content-Length text), the body is
+        placed so that the binary part after that many bytes starts 64-byte aligned,
+        which numpy arrays viewing it, and the backend reading them, want.
+        """
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -185,36 +199,73 @@ class Server(object):
         if encoding not in ("", "identity"):
             raise HTTPError(415, "Content-Encoding {!r} is not supported; send the body "
                                  "uncompressed.".format(encoding))
+        try:
+            return await asyncio.wait_for(self._read(request, declared, limit, header_length),
+                                          self.options.client_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "The request body did not arrive within {:g} s. Note: "
+                                 "--client-timeout-s sets the limit.".format(
+                                     self.options.client_timeout_s), {"Connection": "close"})
 
-        async def read():
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
+    @staticmethod
+    async def _read(request, declared, limit, header_length):
+        """The body, as a bytearray or a view of one.  With a Content-Length the buffer is
+        made once at that size and each chunk is copied into place: a 600 KB tensor upload
+        is not joined from chunks, and the tensors are then numpy views into this buffer
+        (issue 8)."""
+        receive = request.receive
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        pad = 0
+        if size is not None and header_length is not None and header_length.isdigit():
+            pad = -int(header_length) % 64
+        body = bytearray(pad + (size or 0))
+        # A fixed-size buffer is written through a view; a chunked one grows (no view then,
+        # since a bytearray with a view cannot be resized).
+        view = memoryview(body)[pad:] if size is not None else None
+        filled = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "The client closed the connection before sending its body.")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            end = filled + len(chunk)
+            if size is None:
+                if end > limit:
                     raise HTTPError(413, "The request body is over the limit of {} "
                                          "bytes.".format(limit))
-                chunks.append(chunk)
-            return b"".join(chunks)
-        try:
-            return await asyncio.wait_for(read(), self.options.body_timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPError(408, "The request body did not arrive within {:g} s.".format(
-                self.options.body_timeout_s))
+                body += chunk
+            elif end > size:
+                raise bad("The body is longer than its Content-Length of {} bytes.".format(size))
+            else:
+                view[filled:end] = chunk
+            filled = end
+        if view is not None:
+            view.release()
+        if size is not None and filled != size:
+            raise bad("The body has {} bytes, but its Content-Length says {}.".format(
+                filled, size))
+        return memoryview(body)[pad:] if pad else body
 
     async def run(self, model, feeds, rows):
-        """Queue one request on the model; count it; map errors to statuses."""
+        """Queue one request on the model; map errors to statuses.
+
+        Returns:
+            ``(outputs, queue_ns, run_ns)``; the caller records the success with
+            :meth:`ServedModel.record_success` once the answer is encoded.
+        """
         start = time.perf_counter_ns()
         labels = (model.name, model.version)
         try:
-            outputs, queue_ns = await model.batcher.submit(feeds, rows, self.options.timeout_s)
+            answer = await model.batcher.submit(feeds, rows, self.options.timeout_s)
         except BaseException as exc:
-            model.record(False, rows, 0, time.perf_counter_ns() - start)
+            model.record_failure(time.perf_counter_ns() - start)
             outcome = "rejected" if isinstance(exc, HTTPError) and exc.status == 503 else "failed"
             self.m_infer.inc(*labels, outcome, amount=1)
             raise
-        model.record(True, rows, queue_ns, time.perf_counter_ns() - start)
         self.m_infer.inc(*labels, "success")
-        return outputs
+        return answer
 
 
 def build_app(server):
@@ -280,22 +331,31 @@ def build_app(server):
 
     async def infer(request):
         model = server.model(request)
-        body = await server.body(request)
         header_length = request.headers.get(HEADER_LENGTH)
+        body = await server.body(request, header_length)
+        clock = time.perf_counter_ns
+        start = clock()
+        header, tail = split_body(body, header_length)
 
         def parse():
-            header, tail = split_body(body, header_length)
             return parse_infer(parse_json(header), tail, model)
+        # Binary tensors are numpy views of the body, so only the JSON is work: a big JSON
+        # body is parsed in a thread, a small header (the binary case) here, with no hop.
         loop = asyncio.get_running_loop()
-        big = len(body) > OFFLOAD_BYTES
+        big = len(header) > OFFLOAD_BYTES
         parsed = await loop.run_in_executor(None, parse) if big else parse()
-        outputs = await server.run(model, parsed.feeds, parsed.rows)
+        parsed_at = clock()
+        outputs, queue_ns, run_ns = await server.run(model, parsed.feeds, parsed.rows)
+        ran_at = clock()
         size = sum(v.nbytes for v in outputs.values())
         if size > OFFLOAD_BYTES:
             data, json_length = await loop.run_in_executor(None, encode_infer, model, parsed,
                                                            outputs)
         else:
             data, json_length = encode_infer(model, parsed, outputs)
+        done = clock()
+        model.record_success(parsed.rows, done - start, queue_ns, parsed_at - start, run_ns,
+                             done - ran_at)
         if json_length is None:
             return Response(data, media_type="application/json")
         return Response(data, media_type="application/octet-stream",
@@ -323,10 +383,16 @@ def build_app(server):
         data = await upload.read()
         await form.close()
         loop = asyncio.get_running_loop()
+        start = time.perf_counter_ns()
         sample = await loop.run_in_executor(None, _image_sample, data, preprocess, spec)
-        outputs = await server.run(model, {spec.name: sample}, 1)
+        decoded = time.perf_counter_ns()
+        outputs, queue_ns, run_ns = await server.run(model, {spec.name: sample}, 1)
+        ran = time.perf_counter_ns()
+        predictions = _top(outputs, model, top_k)
+        done = time.perf_counter_ns()
+        model.record_success(1, done - start, queue_ns, decoded - start, run_ns, done - ran)
         return answer({"model_name": model.name, "model_version": model.version,
-                       "predictions": _top(outputs, model, top_k)})
+                       "predictions": predictions})
 
     async def prometheus(request):
         return Response(server.registry.render(), media_type=prom.CONTENT_TYPE)

@@ -89,7 +89,7 @@ class Batcher(object):
             timeout_s: seconds to wait in the queue and run, in all.
 
         Returns:
-            ``(outputs dict, nanoseconds spent queued)``.
+            ``(outputs dict, nanoseconds spent queued, nanoseconds its run took)``.
 
         Raises:
             HTTPError: 503 (queue full, or shutting down) or 504 (timed out).
@@ -143,7 +143,7 @@ class Batcher(object):
                 if isinstance(result, BaseException):
                     item.future.set_exception(result)
                 else:
-                    item.future.set_result((result, start - item.queued_ns))
+                    item.future.set_result((result, start - item.queued_ns, took))
 
     async def _gather(self, loop):
         """Wait up to max_delay for the queue to hold max_batch rows."""

@@ -5,6 +5,7 @@ event loop only (so without locks), and gauges read at scrape time from a
 callback.  No dependency: a device without prometheus_client still exports them.
 """
 
+import bisect
 import math
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -100,11 +101,9 @@ class Histogram(Metric):
         entry = self.values.get(labels)
         if entry is None:
             entry = self.values[labels] = [[0] * len(self.buckets), 0.0, 0]
-        counts = entry[0]
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[index] += 1
-                break
+        index = bisect.bisect_left(self.buckets, value)   # first bound >= value
+        if index < len(self.buckets):
+            entry[0][index] += 1
         entry[1] += value
         entry[2] += 1
 

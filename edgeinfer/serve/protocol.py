@@ -83,17 +83,21 @@ class InferRequest(object):
 
 
 def split_body(body, header_length):
-    """``(JSON header bytes, binary tail bytes)`` of a request body.
+    """``(JSON header, binary tail)`` of a request body, without copying the tail.
 
     Args:
-        body: the whole request body (bytes).
+        body: the whole request body (bytes or bytearray).
         header_length: the Inference-Header-Content-Length header's text, or None.
+
+    Returns:
+        The header as bytes-like (``json.loads`` reads it) and the tail as a
+        memoryview of ``body`` (empty when there is no binary part).
 
     Raises:
         HTTPError: 400 when the header is not a whole number within the body.
     """
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     try:
         size = int(header_length)
     except ValueError:
@@ -102,7 +106,8 @@ def split_body(body, header_length):
         raise bad("Inference-Header-Content-Length is {!r}, but the body has {} bytes. "
                   "Note: it gives the size of the JSON part at the start of the body.".format(
                       header_length, len(body)))
-    return body[:size], body[size:]
+    view = memoryview(body)
+    return bytes(view[:size]), view[size:]
 
 
 def parse_json(data):
@@ -139,7 +144,8 @@ def parse_infer(header, tail, model):
 
     Args:
         header: the request's JSON object (dict).
-        tail: the binary tensor bytes after the JSON header (b"" for none).
+        tail: the binary tensor bytes after the JSON header, bytes-like (empty for
+            none); binary inputs are numpy views of it, not copies.
         model: the :class:`~edgeinfer.serve.repository.ServedModel` it is for.
 
     Returns:

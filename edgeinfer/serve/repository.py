@@ -8,9 +8,37 @@ its :class:`~edgeinfer.serve.batching.Batcher`.
 import os
 import time
 
+from ..bundle import Bundle
 from ..errors import UsageError
 from ..runtime.session import load
 from .protocol import datatype_of, wire_shape
+
+
+# Backend options a served model gets unless the user gives them (--backend-option).
+# ONNX Runtime: its pool threads spin-wait after each run for the next one, but in a
+# server the next thing on those cores is the event loop reading the next request (and
+# on a device, the client too); spinning takes the CPU from them.  Stopping it at the end
+# of each run took MobileNetV2 INT8 from ~9.4 to ~7.6 ms of CPU per served request on 2
+# cores (scripts/bench_serve.py), while runs themselves still spin between operators.
+SERVED_BACKEND_OPTIONS = {"onnxruntime": {"stop_spinning": True}}
+
+# Backends whose models get two runs in flight by default (``instances`` None), each
+# with half the cores.  One run spread over every core stalls whenever the event loop
+# takes a core to read a request, since each operator waits for its slowest thread;
+# two runs on half the cores each keep going, and one overlaps the other's network
+# work.  On 2 cores this served MobileNetV2 INT8 at 0.83-0.91x an in-process loop, against
+# 0.70-0.80x for one run on both cores (issue 8).  The cost: a lone request runs on half
+# the cores (--instances 1 gives it all of them).  Only ONNX Runtime: its sessions take
+# concurrent runs and its thread count is an option here.  Not with dynamic batching:
+# one stacked run already has the work to use every core, and two runs would leave a
+# big stack on half of them.
+AUTO_INSTANCES = {"onnxruntime": 2}
+
+
+def batchable(specs):
+    """True when every tensor spec has a symbolic first (batch) dim to stack along."""
+    return all(s.shape and not (isinstance(s.shape[0], int) and s.shape[0] > 0)
+               for s in specs)
 
 
 class ServedModel(object):
@@ -23,24 +51,26 @@ class ServedModel(object):
         batchable: True when every input and output has a symbolic first (batch)
             dim, so requests can be stacked along it.
         load_s: seconds loading the bundle took.
+        instances: runs of it in flight at once.
         batcher: the model's :class:`~edgeinfer.serve.batching.Batcher` (set by the app).
         stats: dict of Triton-style counters (see :meth:`statistics`).
     """
 
-    def __init__(self, session, load_s):
+    def __init__(self, session, load_s, instances=1):
         self.session = session
+        self.instances = instances
         self.name = str(session.manifest["name"])
         self.version = str(session.manifest.get("version") or "1")
         self.inputs = list(session.inputs)
         self.input_specs = dict((s.name, s) for s in self.inputs)
         self.output_names = [s.name for s in session.outputs]
-        self.batchable = all(s.shape and not (isinstance(s.shape[0], int) and s.shape[0] > 0)
-                             for s in list(session.inputs) + list(session.outputs))
+        self.batchable = batchable(list(session.inputs) + list(session.outputs))
         self.load_s = load_s
         self.batcher = None
         self.stats = {"inference_count": 0, "execution_count": 0, "last_inference": 0,
                       "success": [0, 0], "fail": [0, 0], "queue": [0, 0],
-                      "compute_infer": [0, 0], "batches": {}}
+                      "compute_input": [0, 0], "compute_infer": [0, 0],
+                      "compute_output": [0, 0], "batches": {}}
         self._described = ", ".join("{} {}".format(s.name, _wire(s)) for s in self.inputs)
 
     def describe_inputs(self):
@@ -74,29 +104,37 @@ class ServedModel(object):
             "max_batch_size": batch,
             "input": [entry(s) for s in self.session.inputs],
             "output": [entry(s) for s in self.session.outputs],
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+            "instance_group": [{"count": self.instances, "kind": "KIND_CPU"}],
         }
         if batch and max_batch > 1:
             config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_delay_ms * 1000)}
         return config
 
-    def record(self, ok, rows, queue_ns, total_ns):
-        """Count one answered request (on the event loop: no lock needed)."""
+    def record_success(self, rows, total_ns, queue_ns, input_ns, infer_ns, output_ns):
+        """Count one answered request (on the event loop: no lock needed).
+
+        Triton's per-request statistics: ``compute_input`` is turning the body into
+        tensors, ``compute_infer`` the run of the batch the request rode in,
+        ``compute_output`` encoding the answer.  Each counts every successful request,
+        so the three counts agree, as perf_analyzer checks.
+        """
         stats = self.stats
-        stats["success" if ok else "fail"][0] += 1
-        stats["success" if ok else "fail"][1] += total_ns
-        if ok:
-            stats["inference_count"] += rows
-            stats["queue"][0] += 1
-            stats["queue"][1] += queue_ns
-            stats["last_inference"] = int(time.time() * 1000)
+        stats["inference_count"] += rows
+        stats["last_inference"] = int(time.time() * 1000)
+        for key, ns in (("success", total_ns), ("queue", queue_ns), ("compute_input", input_ns),
+                        ("compute_infer", infer_ns), ("compute_output", output_ns)):
+            stats[key][0] += 1
+            stats[key][1] += ns
+
+    def record_failure(self, total_ns):
+        """Count one request that failed (refused, timed out, or the run raised)."""
+        self.stats["fail"][0] += 1
+        self.stats["fail"][1] += total_ns
 
     def record_batch(self, size, compute_ns):
         """Count one model execution of ``size`` stacked requests' rows."""
         stats = self.stats
         stats["execution_count"] += 1
-        stats["compute_infer"][0] += 1
-        stats["compute_infer"][1] += compute_ns
         count = stats["batches"].setdefault(size, [0, 0])
         count[0] += 1
         count[1] += compute_ns
@@ -114,12 +152,17 @@ class ServedModel(object):
             "execution_count": s["execution_count"],
             "inference_stats": {
                 "success": pair(s["success"]), "fail": pair(s["fail"]),
-                "queue": pair(s["queue"]), "compute_input": dict(zero),
-                "compute_infer": pair(s["compute_infer"]), "compute_output": dict(zero),
+                "queue": pair(s["queue"]), "compute_input": pair(s["compute_input"]),
+                "compute_infer": pair(s["compute_infer"]),
+                "compute_output": pair(s["compute_output"]),
                 "cache_hit": dict(zero), "cache_miss": dict(zero),
             },
-            "batch_stats": [{"batch_size": size, "compute_input": dict(zero),
-                             "compute_infer": pair(item), "compute_output": dict(zero)}
+            # Per execution, by batch size: the run's time; inputs and outputs are
+            # prepared per request (above), so their time here is zero.
+            "batch_stats": [{"batch_size": size,
+                             "compute_input": {"count": item[0], "ns": 0},
+                             "compute_infer": pair(item),
+                             "compute_output": {"count": item[0], "ns": 0}}
                             for size, item in sorted(s["batches"].items())],
         }
 
@@ -139,14 +182,21 @@ class Repository(object):
     Args:
         paths: the ``.eib`` bundles to serve.
         cache: an :class:`edgeinfer.Cache` shared by every model (default None).
-        load_options: keyword arguments for :func:`edgeinfer.load` (default None).
+        load_options: keyword arguments for :func:`edgeinfer.load` (default None).  Its
+            ``backend_options`` go over :data:`SERVED_BACKEND_OPTIONS` (ONNX Runtime:
+            ``stop_spinning``), which a user may turn off, e.g. ``stop_spinning=false``.
+        instances: runs of each model in flight at once (default None: 2 for the
+            backends in :data:`AUTO_INSTANCES` on 2+ cores unless the model is batched,
+            else 1).  With more than one, ONNX Runtime models get ``intra_op_threads``
+            = cores / instances unless given.
+        max_batch: the server's ``--max-batch`` (default 1: no dynamic batching).
 
     Raises:
         UsageError: no bundles, or two bundles with the same name and version.
         BundleError, BackendError: a bundle that :func:`edgeinfer.load` refuses.
     """
 
-    def __init__(self, paths, cache=None, load_options=None):
+    def __init__(self, paths, cache=None, load_options=None, instances=None, max_batch=1):
         if not paths:
             raise UsageError("No bundles to serve.", "Give one or more .eib files: "
                              "edgeinfer serve models/*.eib.")
@@ -155,9 +205,10 @@ class Repository(object):
         try:
             for path in paths:
                 start = time.perf_counter()
-                session = load(os.fspath(path), cache=cache, **(load_options or {}))
+                options, count = served_options(path, load_options, instances, max_batch)
+                session = load(os.fspath(path), cache=cache, **options)
                 self.sessions.append(session)
-                model = ServedModel(session, time.perf_counter() - start)
+                model = ServedModel(session, time.perf_counter() - start, count)
                 versions = self.models.setdefault(model.name, {})
                 if model.version in versions:
                     raise UsageError("Two bundles are model {!r} version {}: {!r} and {!r}.".format(
@@ -186,6 +237,34 @@ class Repository(object):
         for session in self.sessions:
             session.close()
         self.sessions = []
+
+
+def served_options(path, load_options, instances, max_batch=1):
+    """``(load_options, instances)`` for one bundle, the served defaults of its backend
+    filled in where the user gave none (see :class:`Repository`)."""
+    bundle = Bundle.open(os.fspath(path), verify=False)
+    backend = bundle.backend
+    options = dict(load_options or {})
+    given = dict(options.get("backend_options") or {})
+    cores = usable_cores()
+    if instances is None:
+        batched = max_batch > 1 and batchable(bundle.inputs + bundle.outputs)
+        instances = AUTO_INSTANCES.get(backend, 1) if cores > 1 and not batched else 1
+    backend_options = dict(SERVED_BACKEND_OPTIONS.get(backend, {}))
+    if backend == "onnxruntime" and instances > 1 and "intra_op_threads" not in given:
+        backend_options["intra_op_threads"] = max(1, cores // instances)
+    backend_options.update(given)
+    if backend_options:
+        options["backend_options"] = backend_options
+    return options, instances
+
+
+def usable_cores():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def _order(version):
