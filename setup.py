@@ -23,6 +23,7 @@ def version():
 CONVERT = ["onnx>=1.14", "onnxruntime>=1.17", "onnxconverter-common>=1.14", "nncf>=2.9"]
 SERVE = ["starlette>=0.29", "uvicorn>=0.22", "httptools>=0.5", "uvloop>=0.17",
          "python-multipart>=0.0.6"]
+LOADTEST = ["aiohttp>=3.8"]
 
 EXTRAS = {
     # device side: one backend each
@@ -46,11 +47,14 @@ EXTRAS = {
     # the HTTP server: Starlette on uvicorn; httptools and uvloop are uvicorn's fast
     # HTTP parser and event loop; python-multipart reads /classify's image uploads.
     "serve": SERVE,
+    # edgeinfer loadtest: the load generator's HTTP client (uvloop, from [serve], speeds it
+    # up when present).
+    "loadtest": LOADTEST,
     # development: tests, version checks, and the demo model's training script.
     # torch is pinned exactly: any other requirement pulls a multi-GB CUDA build here.
     "dev": CONVERT + ["openvino>=2024.0", "pytest>=7", "vermin>=1.6", "scikit-learn>=1.0",
                       "matplotlib>=3.3", "torch==2.13.0", "redis>=4.1", "xxhash>=2.0"]
-    + SERVE + ["tritonclient[http]>=2.30", "hypothesis>=6"],
+    + SERVE + LOADTEST + ["tritonclient[http]>=2.30", "hypothesis>=6"],
 }
 
 setup(

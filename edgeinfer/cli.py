@@ -617,6 +617,82 @@ def bench(ctx, bundles, runs, duration_s, warmup, batches, concurrency, json_pat
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("url")
+@click.option("-m", "--model", required=True, help="The served model's name.")
+@click.option("--model-version", help="Its version (default: the server's choice).")
+@click.option("--stages", metavar="DUR:N[,DUR:N...]",
+              help="Load stages, each ramping linearly from the last level, e.g. "
+                   "10s:8,30s:32,10s:0 (N = users; requests/s with --open).")
+@click.option("--duration", metavar="DUR", help="Instead of --stages: one steady stage, e.g. 30s.")
+@click.option("--users", type=int, help="With --duration: virtual users (closed workload).")
+@click.option("--rate", type=float, help="With --duration: requests per second (open workload).")
+@click.option("--open", "open_model", is_flag=True,
+              help="Open workload: stage targets are arrivals per second, sent whether or not "
+                   "earlier requests were answered (default: closed, N users each waiting).")
+@click.option("--slo", metavar="KEY=VALUE[,...]",
+              help="Pass/fail criteria, e.g. p95=50ms,p99=200ms,errors=0.1%,rps=100; "
+                   "exit status 1 when one fails.")
+@click.option("--data", type=click.Path(exists=True),
+              help="Inputs: an image folder (with --preprocess), a folder of .npy/.npz samples, "
+                   "or one .npz/.npy file (default: generated from the model's metadata).")
+@click.option("--preprocess", help="For an image folder: preprocessing as JSON text or a JSON "
+                                   "file (as for convert).")
+@click.option("--inputs", "inputs", default="unique", show_default=True,
+              type=click.Choice(["unique", "cycle", "repeat"]),
+              help="unique: no two requests alike, so a server cache never answers; cycle: the "
+                   "pool in turn; repeat: one input every time (the cache-hit path).")
+@click.option("--pool", default=16, show_default=True, type=int,
+              help="Distinct input samples encoded before the run.")
+@click.option("--batch", default=1, show_default=True, type=int,
+              help="Rows per request, for models with a free batch dim.")
+@click.option("--binary", is_flag=True,
+              help="Send Triton's binary tensors (and ask for binary outputs) instead of JSON.")
+@click.option("--think-ms", default=0.0, show_default=True, type=float,
+              help="Closed workload: each user's pause between an answer and its next request.")
+@click.option("--max-in-flight", default=1000, show_default=True, type=int,
+              help="Open workload: requests waiting at once before arrivals are dropped.")
+@click.option("--arrivals", default="constant", show_default=True,
+              type=click.Choice(["constant", "poisson"]), help="Open workload: arrival spacing.")
+@click.option("--timeout-s", default=30.0, show_default=True, type=float,
+              help="Per-request limit; a slower answer counts as a timeout error.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the generated inputs and the Poisson arrivals.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the full report (schema edgeinfer-loadtest/1, per-second timeline).")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False),
+              help="Write the Markdown summary here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a PNG timeline (throughput, latency, CPU); needs matplotlib.")
+@click.pass_context
+def loadtest(ctx, url, model, model_version, stages, duration, users, rate, open_model, slo,
+             data, preprocess, inputs, pool, batch, binary, think_ms, max_in_flight, arrivals,
+             timeout_s, seed, json_path, md_path, plot_path):
+    """Put a model served at URL (KServe v2) under load; judge it by --slo.
+
+    Reports throughput, latency percentiles and errors per stage and per second,
+    with the load generator's own CPU use beside them. Needs
+    `pip install edgeinfer[loadtest]`.
+    """
+    from . import loadtest as load
+    from .errors import EdgeInferError
+    recipe = None
+    if preprocess is not None:
+        from .preprocess import Preprocess
+        recipe = Preprocess.from_dict(_json_option(preprocess, "--preprocess"))
+    quiet = bool(ctx.find_root().params.get("quiet"))
+    report = load.loadtest(url, model, stages=stages, duration=duration, users=users, rate=rate,
+                           open_model=open_model, slo=slo, version=model_version, data=data,
+                           preprocess=recipe, batch=batch, pool=pool, inputs=inputs,
+                           binary=binary, timeout_s=timeout_s, think_ms=think_ms,
+                           max_in_flight=max_in_flight, arrivals=arrivals, seed=seed,
+                           progress=not quiet)
+    files = _write_reports(load, report, json_path, md_path, plot_path)
+    if report["slo"]["passed"] is False:
+        raise EdgeInferError("SLO not met: {}.".format("; ".join(report["slo"]["failed"])),
+                             "Details in {}.".format(files or "the summary above"))
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(),
               help="Folder for the demo bundles.")
 def demo(out):

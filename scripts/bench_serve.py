@@ -196,6 +196,16 @@ def median_runs(runs):
     return out
 
 
+def matmul_bundle(work):
+    """The 512x512 MatMul+ReLU FP32 bundle (model ``matmul``) and its seeded input."""
+    onnx_path = os.path.join(work, "matmul512.onnx")
+    matmul_model(onnx_path)
+    bundle = os.path.join(work, "matmul512.eib")
+    edgeinfer.convert(onnx_path, precision="fp32", output=bundle, overwrite=True,
+                      name="matmul", measure_speed=False)
+    return bundle, np.random.RandomState(1).standard_normal((1, 512)).astype(np.float32)
+
+
 def matmul_model(path):
     import onnx
     from onnx import TensorProto, helper
@@ -305,12 +315,7 @@ def main(argv=None):
         handle.write(WRK_SCRIPT)
 
     # -- 1. MatMul 512x512 + ReLU -----------------------------------------------------------
-    onnx_path = os.path.join(work, "matmul512.onnx")
-    matmul_model(onnx_path)
-    bundle = os.path.join(work, "matmul512.eib")
-    edgeinfer.convert(onnx_path, precision="fp32", output=bundle, overwrite=True,
-                      name="matmul", measure_speed=False)
-    x = np.random.RandomState(1).standard_normal((1, 512)).astype(np.float32)
+    bundle, x = matmul_bundle(work)
     single = edgeinfer.load(bundle)
     per_run_us = 1e6 / in_process_rate(single, {"x": x}, 2.0)
     single.close()
@@ -324,7 +329,7 @@ def main(argv=None):
     try:
         if args.mlserver:
             ml_proc, ml_url = start_mlserver(args.mlserver, os.path.join(work, "mlserver"),
-                                             onnx_path)
+                                             os.path.join(work, "matmul512.onnx"))
         # Warm both up, then alternate.
         wrk(ei_url, json_body, 8, 2, script)
         if ml_url:

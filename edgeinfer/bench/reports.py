@@ -229,15 +229,24 @@ def write_markdown(report, path):
     _atomic_write(path, markdown(report))
 
 
+def load_pyplot(purpose):
+    """matplotlib's pyplot on the Agg backend (no display on a device).
+
+    Raises:
+        MissingDependency: matplotlib is not installed (``pip install edgeinfer[report]``).
+    """
+    matplotlib = require("matplotlib", purpose)
+    matplotlib.use("Agg")  # must precede pyplot's import
+    return require("matplotlib.pyplot", purpose)
+
+
 def write_plot(report, path):
     """Write a PNG: latency distribution per bundle, and throughput vs concurrency.
 
     Raises:
         MissingDependency: matplotlib is not installed (``pip install edgeinfer[report]``).
     """
-    matplotlib = require("matplotlib", "bench plots (--plot)")
-    matplotlib.use("Agg")  # no display on a device; must precede pyplot's import
-    pyplot = require("matplotlib.pyplot", "bench plots (--plot)")
+    pyplot = load_pyplot("bench plots (--plot)")
     measured = [e for e in report["bundles"] if e["ok"]]
     batches = report["settings"]["batches"]
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5))
@@ -290,6 +299,11 @@ def write_plot(report, path):
     if measured:
         right.legend(fontsize=7, loc="best", framealpha=0.8)
     figure.suptitle("edgeinfer bench: {}".format(machine_line(report)), fontsize=7)
+    save_figure(pyplot, figure, path)
+
+
+def save_figure(pyplot, figure, path):
+    """Lay out ``figure``, write it to ``path`` as a PNG (atomically) and free it."""
     figure.tight_layout()
     data = io.BytesIO()
     try:
