@@ -77,6 +77,8 @@ SECTIONS = (
     Section("cache", "bench_cache.py", [], ["xxhash"], False),
     Section("shards", "bench_shards.py", [], [], False),
     Section("serve", "bench_serve.py", [], ["wrk", "mlserver"], False),
+    Section("loadtest", "bench_loadtest.py", ["--users", "2,8"], ["wrk", "aiohttp"], False),
+    Section("qat", "qat_example.py", [], ["torch"], False),
     Section("edgeinfer-bench", None, [], ["matplotlib"], False),
 )
 
@@ -118,6 +120,8 @@ REQUIREMENTS = {
     "xxhash": _module("xxhash", "xxhash"),
     "matplotlib": _module("matplotlib", "edgeinfer[report]"),
     "wrk": _binary("wrk", "wrk"),
+    "aiohttp": _module("aiohttp", "edgeinfer[loadtest]"),
+    "torch": _module("torch", "edgeinfer[qat]"),
     "mlserver": _mlserver,
 }
 
