@@ -407,10 +407,10 @@ def _save_npz(path, arrays):
 @click.option("--max-queue", default=64, show_default=True, type=int,
               help="Requests waiting per model before answering 503 + Retry-After.")
 @click.option("--instances", type=int,
-              help="Runs of each model in flight at once (threads). Default: 2 for ONNX "
-                   "Runtime models on 2+ cores, each run on half the cores (best "
-                   "throughput under concurrent clients), 1 with dynamic batching; 1 gives "
-                   "a lone request every core.")
+              help="Runs of each model in flight at once (threads). Default for ONNX "
+                   "Runtime models: 2 on 4+ cores, each run on half of them; 2 per core, "
+                   "single-threaded, on 2-3 cores (best throughput under concurrent "
+                   "clients); 1 with dynamic batching. 1 gives a lone request every core.")
 @click.option("--backend-option", "backend_option", multiple=True, metavar="KEY=VALUE",
               help="A backend option for every model, e.g. intra_op_threads=2 (ONNX "
                    "Runtime). Repeatable. Unless given, served ONNX Runtime models get "

@@ -52,9 +52,10 @@ import edgeinfer  # noqa: E402
 from bench_core import md_table, natural_images, write_section  # noqa: E402
 
 TITLE = "Server (issue 8)"
-# Beside the defaults (on 2 cores: two runs in flight, one ONNX Runtime thread each):
-# one run on every core, and that with the pool threads spin-waiting after each run,
-# which were the defaults before issue 8's tuning.
+# Beside the defaults (on 2 cores: four single-threaded runs in flight): two runs on
+# half the cores each, one run on every core, and that with the pool threads
+# spin-waiting after each run, which were the defaults before issue 8's tuning.
+TWO = ("--instances", "2")
 ONE = ("--instances", "1")
 SPINNING = ("--instances", "1", "--backend-option", "stop_spinning=false")
 
@@ -223,12 +224,13 @@ def matmul_model(path):
 
 def defaults_text():
     """What the server's defaults are on this machine, in words (see AUTO_INSTANCES)."""
-    from edgeinfer.serve.repository import usable_cores
+    from edgeinfer.serve.repository import default_instances, usable_cores
     cores = usable_cores()
-    if cores < 2:
+    runs = default_instances("onnxruntime", cores)
+    if runs < 2:
         return "one run at a time"
-    return ("two runs in flight with {} ONNX Runtime thread(s) each, pool threads not "
-            "spin-waiting between runs".format(cores // 2))
+    return ("{} runs in flight with {} ONNX Runtime thread(s) each, pool threads not "
+            "spin-waiting between runs".format(runs, max(1, cores // runs)))
 
 
 def paired(runs, baseline):
@@ -388,35 +390,38 @@ def main(argv=None):
                     "parameters": {"binary_data_size": image.nbytes}}],
         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}, image.tobytes())
     session = edgeinfer.load(mobile)
-    loop_rates, c4, c4s, c4t, c16, c16b = [], [], [], [], [], []
+    loop_rates, c4, c4s, c4t, c42, c16, c16b = [], [], [], [], [], [], []
     plain, plain_url = start_edgeinfer(mobile)
     spinning, spinning_url = start_edgeinfer(mobile, *SPINNING)
     tuned, tuned_url = start_edgeinfer(mobile, *ONE)
+    two, two_url = start_edgeinfer(mobile, *TWO)
     batched, batched_url = start_edgeinfer(mobile, "--max-batch", "16", "--max-delay-ms", "2")
     try:
         wrk(plain_url, mobile_body, 4, 2, script)
         wrk(spinning_url, mobile_body, 4, 2, script)
         wrk(tuned_url, mobile_body, 4, 2, script)
+        wrk(two_url, mobile_body, 4, 2, script)
         wrk(batched_url, mobile_body, 16, 2, script)
         for _ in range(args.rounds):
             loop_rates.append(in_process_rate(session, {"input": image}, args.seconds))
             c4.append(wrk(plain_url, mobile_body, 4, args.seconds, script))
             c4s.append(wrk(spinning_url, mobile_body, 4, args.seconds, script))
             c4t.append(wrk(tuned_url, mobile_body, 4, args.seconds, script))
+            c42.append(wrk(two_url, mobile_body, 4, args.seconds, script))
             c16.append(wrk(plain_url, mobile_body, 16, args.seconds, script))
             c16b.append(wrk(batched_url, mobile_body, 16, args.seconds, script))
             print("mobilenet round", loop_rates[-1], c4[-1]["rps"], c4s[-1]["rps"],
                   c4t[-1]["rps"], c16[-1]["rps"], c16b[-1]["rps"], flush=True)
     finally:
-        for proc in (plain, spinning, tuned, batched):
+        for proc in (plain, spinning, tuned, two, batched):
             stop(proc)
         session.close()
     loop_rate = float(np.median(loop_rates))
     # Each ratio is the median of the rounds' own ratios: the two sides of a round ran
     # back to back, so a noisy neighbour moves both.
-    r4, r4s, r4t = (paired(runs, loop_rates) for runs in (c4, c4s, c4t))
+    r4, r4s, r4t, r42 = (paired(runs, loop_rates) for runs in (c4, c4s, c4t, c42))
     rb = paired(c16b, [r["rps"] for r in c16])
-    c4, c4s, c4t = median_runs(c4), median_runs(c4s), median_runs(c4t)
+    c4, c4s, c4t, c42 = median_runs(c4), median_runs(c4s), median_runs(c4t), median_runs(c42)
     c16, c16b = median_runs(c16), median_runs(c16b)
     rows2 = [("path", "inferences/s (median)", "each round", "p50 ms", "p99 ms", "non-2xx",
               "ratio (median of rounds)")]
@@ -425,6 +430,8 @@ def main(argv=None):
                       1000 / loop_rate), "-", "-", "1.00x"))
     rows2.append(row("edgeinfer serve, binary, 4 conns, defaults", c4,
                      "**{:.2f}x** vs in-process".format(r4)))
+    rows2.append(row("edgeinfer serve, binary, 4 conns, `{}`".format(" ".join(TWO)), c42,
+                     "{:.2f}x vs in-process".format(r42)))
     rows2.append(row("edgeinfer serve, binary, 4 conns, `{}`".format(" ".join(ONE)), c4t,
                      "{:.2f}x vs in-process".format(r4t)))
     rows2.append(row("edgeinfer serve, binary, 4 conns, `{}` (the old defaults)".format(
@@ -477,7 +484,8 @@ def main(argv=None):
         "",
         md_table(rows2), "",
         "Server at 4 connections / in-process loop: **{:.2f}x** with the defaults (on {} "
-        "cores: {}), {:.2f}x with `{}` (one run at a time on every core: each operator "
+        "cores: {}), {:.2f}x with `{}` (two runs, each on half the cores), {:.2f}x with "
+        "`{}` (one run at a time on every core: each operator "
         "waits for its slowest thread, and a core taken by the event loop or the client "
         "stalls the run), {:.2f}x with `{}` (ONNX Runtime's pool threads also spin-wait "
         "after each run, taking the cores the next request needs). Dynamic batching at 16 "
@@ -486,7 +494,7 @@ def main(argv=None):
         "tensors (a 602 KB body each, read into one buffer the input tensor is a view of); "
         "the in-process loop is one thread calling `session.run` with ONNX Runtime's "
         "default threads.".format(
-            r4, os.cpu_count(), defaults_text(), r4t, " ".join(ONE), r4s, " ".join(SPINNING),
+            r4, os.cpu_count(), defaults_text(), r42, " ".join(TWO), r4t, " ".join(ONE), r4s, " ".join(SPINNING),
             rb),
     ]
     text = "\n".join(lines) + "\n"

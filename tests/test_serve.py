@@ -27,7 +27,7 @@ import pytest
 import edgeinfer
 from edgeinfer.bundle import Bundle
 
-from edgeinfer.serve.repository import served_options, usable_cores
+from edgeinfer.serve.repository import default_instances, served_options, usable_cores
 
 from .conftest import tiny_manifest
 
@@ -272,7 +272,8 @@ def test_config_and_stats_endpoints_as_perf_analyzer_reads_them(server, batching
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
     assert [o["name"] for o in config["output"]] == ["y", "z"]
     assert "dynamic_batching" not in config
-    assert config["instance_group"] == [{"count": 2 if usable_cores() > 1 else 1,
+    assert config["instance_group"] == [{"count": default_instances("onnxruntime",
+                                                                     usable_cores()),
                                          "kind": "KIND_CPU"}]
     batched = json.loads(batching.request("GET", "/v2/models/tiny/versions/1/config")[2])
     assert batched["max_batch_size"] == 8
@@ -446,14 +447,17 @@ def test_cache_answers_repeats_and_metrics_count_it(batching):
 
 
 def test_served_defaults_fill_in_only_what_the_user_left_out(bundles):
-    # ONNX Runtime models: two runs in flight on 2+ cores, each on half of them, pool
-    # threads not spinning between runs; whatever the user gives wins.
+    # ONNX Runtime models: two runs in flight on 4+ cores, each on half of them, two
+    # single-threaded runs per core on 2-3 cores; pool threads not spinning between
+    # runs; whatever the user gives wins.
+    assert [default_instances("onnxruntime", c) for c in (1, 2, 3, 4, 8)] == [1, 4, 6, 2, 2]
+    assert default_instances("openvino", 8) == 1
     cores = usable_cores()
     options, count = served_options(bundles["tiny"], None, None)
     if cores > 1:
-        assert count == 2
+        assert count == default_instances("onnxruntime", cores)
         assert options["backend_options"] == {"stop_spinning": True,
-                                              "intra_op_threads": max(1, cores // 2)}
+                                              "intra_op_threads": max(1, cores // count)}
     options, count = served_options(bundles["tiny"], {"device": "cpu", "backend_options": {
         "intra_op_threads": 3, "stop_spinning": False}}, 4)
     assert count == 4 and options["device"] == "cpu"

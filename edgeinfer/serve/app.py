@@ -51,9 +51,8 @@ class Options(object):
         max_batch: most rows stacked into one run (default 1: no batching).
         max_delay_ms: longest a request waits to be stacked (default 0).
         max_queue: requests waiting per model before 503 (default 64).
-        instances: runs in flight per model (default None: 2 for ONNX Runtime models on
-            2+ cores, each with half of them, else 1; see
-            :data:`edgeinfer.serve.repository.AUTO_INSTANCES`).
+        instances: runs in flight per model (default None: for ONNX Runtime models
+            :func:`edgeinfer.serve.repository.default_instances`, else 1).
         timeout_s: per-request limit on queueing plus running, 504 after (default 30).
         client_timeout_s: longest a client may take to send a request's headers, and
             again its body; after it, 408 and the connection is closed (default 30).
