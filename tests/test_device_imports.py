@@ -148,17 +148,28 @@ def test_device_code_has_no_top_level_framework_imports():
     assert offenders == []
 
 
-def test_device_code_runs_on_old_pythons():
+def _vermin(minimum, files):
+    """Fail with vermin's report when ``files`` need a Python newer than ``minimum``."""
     vermin = shutil.which("vermin") or os.path.join(os.path.dirname(sys.executable), "vermin")
     if not os.path.exists(vermin):
         pytest.skip("vermin is not installed (pip install edgeinfer[dev]): cannot check the "
-                    "minimum Python version of the device code")
-    files = [_module_file(name) for name in DEVICE_MODULES]
-    files.append(os.path.join(PACKAGE_DIR, "runtime", "__init__.py"))
-    done = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.6-"] + files,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    "minimum Python version")
+    done = subprocess.run([vermin, "--no-tips", "--violations", "-t={}-".format(minimum)]
+                          + files, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, timeout=120)
     assert done.returncode == 0, done.stdout
+
+
+def test_device_code_runs_on_old_pythons():
+    files = [_module_file(name) for name in DEVICE_MODULES]
+    files.append(os.path.join(PACKAGE_DIR, "runtime", "__init__.py"))
+    _vermin("3.6", files)
+
+
+@pytest.mark.parametrize("package", ["serve", "loadtest"])
+def test_server_side_code_keeps_python_3_8_syntax(package):
+    # The server and the load generator may need 3.8 (DESIGN.md), no more.
+    _vermin("3.8", [os.path.join(PACKAGE_DIR, package)])
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["inspect", "--help"],

@@ -11,9 +11,7 @@ demo digits model converted to FP32 (it records image preprocessing, for
 
 import http.client
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -629,17 +627,6 @@ def test_serve_package_imports_without_starlette():
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-def test_serve_code_keeps_python_3_8_syntax():
-    vermin = shutil.which("vermin") or os.path.join(os.path.dirname(sys.executable), "vermin")
-    if not os.path.exists(vermin):
-        pytest.skip("vermin is not installed (pip install edgeinfer[dev])")
-    folder = os.path.join(os.path.dirname(edgeinfer.__file__), "serve")
-    done = subprocess.run([vermin, "-t=3.8-", "--no-tips", "--violations", folder],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, timeout=120)
-    assert done.returncode == 0, done.stdout
 
 
 # -- the request schema, fuzzed ----------------------------------------------------------------
