@@ -66,12 +66,15 @@ def _fresh_python(code):
     return done.stdout
 
 
-def _heavy_loaded_after(statements):
+def _heavy_loaded_after(statements, heavy=HEAVY):
+    """The modules of ``heavy`` loaded once ``statements`` ran in a fresh Python (a name
+    blocked as ``sys.modules[name] = None`` does not count)."""
     code = "\n".join([
         "import json, sys",
         statements,
-        "heavy = {!r}".format(HEAVY),
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))",
+        "heavy = {!r}".format(list(heavy)),
+        "print(json.dumps(sorted(m for m, v in sys.modules.items() "
+        "if v is not None and m.split('.')[0] in heavy)))",
     ])
     return json.loads(_fresh_python(code).strip().splitlines()[-1])
 
@@ -89,6 +92,20 @@ def test_device_modules_import_no_framework():
 @pytest.mark.parametrize("name", DEVICE_MODULES)
 def test_each_device_module_alone_imports_no_framework(name):
     assert _heavy_loaded_after("import {}".format(name)) == []
+
+
+@pytest.mark.parametrize("statements, kept_out", [
+    # The server's modules (and the CLI naming `serve`) load Starlette/uvicorn only to serve.
+    ("import edgeinfer.cli, edgeinfer.serve, edgeinfer.serve.app, edgeinfer.serve.batching, "
+     "edgeinfer.serve.protocol, edgeinfer.serve.metrics, edgeinfer.serve.repository, "
+     "edgeinfer.serve.transport", ["starlette", "uvicorn", "onnx", "onnxruntime"]),
+    # loadtest imports aiohttp when a test starts; its parsing and reports work without it.
+    ("import sys\nsys.modules['aiohttp'] = None\n"
+     "import edgeinfer.loadtest, edgeinfer.loadtest.runner",
+     ["aiohttp", "starlette", "uvicorn", "onnx", "onnxruntime", "matplotlib"]),
+])
+def test_server_side_packages_import_their_frameworks_lazily(statements, kept_out):
+    assert _heavy_loaded_after(statements, kept_out) == []
 
 
 def test_the_framework_does_load_when_a_session_runs(tiny_bundle):

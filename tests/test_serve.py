@@ -617,18 +617,6 @@ def test_serve_without_the_extra_says_which_to_install(tiny_bundle):
     assert len(lines) == 1 and "pip install edgeinfer[serve]" in lines[0], done.stderr
 
 
-def test_serve_package_imports_without_starlette():
-    code = ("import sys\nimport edgeinfer.cli, edgeinfer.serve, edgeinfer.serve.app, "
-            "edgeinfer.serve.batching, edgeinfer.serve.protocol, edgeinfer.serve.metrics, "
-            "edgeinfer.serve.repository, edgeinfer.serve.transport\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('starlette', 'uvicorn', 'onnx', 'onnxruntime')))")
-    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
-
-
 # -- the request schema, fuzzed ----------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
