@@ -217,6 +217,25 @@ def test_key_changes_with_everything_that_changes_the_answer(hash_name):
     assert key(x=two) == key(x={"b": two["b"], "a": two["a"]})
 
 
+def test_remembered_headers_give_the_same_keys_and_stay_bounded(monkeypatch):
+    from edgeinfer.runtime.cache import keys
+    monkeypatch.setattr(keys, "HEADERS_KEPT", 3)
+    name, factory = hasher_factory("xxh3")
+    headers = {}
+    cases = [({"x": np.arange(8, dtype=np.float32).reshape(shape)}, outputs)
+             for shape in ((2, 4), (4, 2), (8,)) for outputs in (["y"], ["y", "z"])]
+    cases.append(({"b": np.zeros(3, np.int64), "a": np.ones(2, np.float32)}, ["y"]))
+    for _ in range(2):                  # the second round answers from the headers kept
+        for x, outputs in cases:
+            assert (make_key(factory, name, MODEL, x, outputs, headers)
+                    == make_key(factory, name, MODEL, x, outputs))
+            assert len(headers) <= 3
+    # Same bytes, shape and name, another dtype: another header, another key.
+    as_int = {"x": np.arange(8, dtype=np.float32).reshape(2, 4).view(np.int32)}
+    assert (make_key(factory, name, MODEL, as_int, ["y"], headers)
+            != make_key(factory, name, MODEL, cases[0][0], ["y"], headers))
+
+
 def test_keys_of_two_hashes_never_mix():
     x = {"x": np.ones(3, np.float32)}
     fast = make_key(*reversed(hasher_factory("xxh3")), model=MODEL, feeds=x, outputs=["y"])
@@ -587,6 +606,50 @@ def test_a_full_queue_makes_callers_write(tmp_path, monkeypatch):
     key = cache.key(MODEL, feeds(1), ["y"])
     cache.set(key, {"y": np.ones(2)})
     assert cache.disk.peek(key) is not None and cache._writer._thread is None
+    cache.close()
+
+
+def test_a_leader_that_lands_between_a_miss_and_its_flight_is_not_run_again():
+    cache = Cache(memory_mb=1)
+    key = cache.key(MODEL, feeds(1), ["y"])
+    runs = []
+
+    def compute():
+        runs.append(1)
+        return {"y": np.arange(3, dtype=np.float32)}
+    real_get, interrupted = cache.get, []
+
+    def get_then_another_caller_lands(k):
+        found = real_get(k)
+        if found is None and not interrupted:
+            interrupted.append(1)
+            # Another thread misses, runs and stores the key after our lookup
+            # and before we take the flight.
+            other = threading.Thread(target=cache.get_or_run, args=(k, compute))
+            other.start()
+            other.join()
+        return found
+    cache.get = get_then_another_caller_lands
+    out = cache.get_or_run(key, compute)
+    assert len(runs) == 1 and out["y"].tolist() == [0, 1, 2]
+    assert cache.stats()["waits"] == 1 and cache.stats()["runs"] == 1
+
+
+def test_a_writer_thread_that_dies_is_started_again(tmp_path, monkeypatch):
+    cache = Cache(memory_mb=1, disk_dir=str(tmp_path / "c"))
+    writer = cache._writer
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(writer, "_loop", lambda: 1 / 0)          # a bug in the thread
+    first, second = (cache.key(MODEL, feeds(i), ["y"]) for i in (1, 2))
+    cache.set(first, {"y": np.ones(2)})
+    thread = writer._thread
+    thread.join(5)
+    assert not thread.is_alive() and writer._thread is None
+    monkeypatch.undo()
+    cache.set(second, {"y": np.ones(2)})                          # a new thread writes both
+    assert writer._thread is not thread
+    assert cache.flush(timeout_s=10)
+    assert cache.disk.peek(first) is not None and cache.disk.peek(second) is not None
     cache.close()
 
 

@@ -20,12 +20,18 @@ DEFAULT = object()
 
 
 class _Flight(object):
-    """One computation of a key in progress; the threads asking for the same key wait on it."""
+    """One computation of a key in progress; the threads asking for the same key wait on it.
 
-    __slots__ = ("done", "result", "error")
+    The Event they wait on is made by the first of them, under the flights
+    lock: most keys have no waiter, and making and setting an Event (a
+    Condition, in pure Python) costs a miss tens of µs once a model run has
+    pushed that code out of the CPU caches.
+    """
+
+    __slots__ = ("waiting", "result", "error")
 
     def __init__(self):
-        self.done = threading.Event()
+        self.waiting = None
         self.result = None
         self.error = None
 
@@ -117,17 +123,23 @@ class Cache(object):
                              "redis_url is given.", "Give memory_mb > 0, disk_dir or redis_url.")
         self.ttl_s = ttl_s
         self.hash_name, self._hasher = hasher_factory(key_hash)
+        self._headers = {}
         self.memory = MemoryTier(int(memory_mb * MB)) if memory_mb > 0 else None
         self.disk = (DiskTier(os.fspath(disk_dir), int(disk_mb * MB), disk_timeout_s,
                               disk_index_s) if disk_dir is not None else None)
         self.redis = (RedisTier(redis_url, redis_timeout_s, redis_retry_s, namespace)
                       if redis_url is not None else None)
-        # The tiers below memory, slowest last; each holds frames (bytes).
-        self._lower = [t for t in (self.disk, self.redis) if t is not None]
+        # The tiers below memory, slowest last; each holds frames (bytes).  A disk
+        # tier that could not open stays off for the cache's life: left out.
+        self._lower = [t for t in (self.disk, self.redis) if t is not None and t.enabled]
         self._writer = Writer(self._lower) if self._lower and write_behind else None
         self._flights = {}
         self._flights_lock = threading.Lock()
-        self._counts = Counters(("gets", "hits", "misses", "runs", "waits", "sets", "unstorable"))
+        # Flights ended so far: a miss that saw no flight end before it became
+        # the leader need not look again (see get_or_run).
+        self._landed = 0
+        # gets = hits + misses: one counter fewer on every call.
+        self._counts = Counters(("hits", "misses", "runs", "waits", "sets", "unstorable"))
         self._latency = dict((name, Latency()) for name in ("memory", "disk", "redis",
                                                             "queue"))
         self._key_time = Latency()
@@ -150,7 +162,7 @@ class Cache(object):
             InputError: an input that is not a numeric numpy array.
         """
         start = time.perf_counter()
-        key = make_key(self._hasher, self.hash_name, model, feeds, outputs)
+        key = make_key(self._hasher, self.hash_name, model, feeds, outputs, self._headers)
         self._key_time.add(time.perf_counter() - start)
         return key
 
@@ -169,7 +181,6 @@ class Cache(object):
         """
         start = time.perf_counter()
         found = self._lookup(key, time.time())
-        self._counts.add("gets")
         if found is None:
             self._counts.add("misses")
             return default
@@ -185,8 +196,10 @@ class Cache(object):
             found = self.memory.get(key, now)
             if found is not None:
                 return "memory", found[0]
-        lower = [t for t in self._lower if t.enabled]
-        queued = self._queued(key, now) if lower else None
+        lower = self._lower
+        if not lower:
+            return None
+        queued = self._queued(key, now)
         if queued is not None:
             # Still on its way to the disk/Redis: answered as the first of them that
             # is up would (a Redis that is down answers nothing, so counts nothing).
@@ -254,8 +267,7 @@ class Cache(object):
     def _store(self, key, outputs, ttl_s=DEFAULT):
         """Frame and store ``outputs``; return the stored read-only arrays, or None."""
         ttl_s = self.ttl_s if ttl_s is DEFAULT else ttl_s
-        now = time.time()
-        expires = now + ttl_s if ttl_s is not None else None
+        expires = time.time() + ttl_s if ttl_s is not None else None
         try:
             frozen, nbytes = freeze(outputs)
         except Unstorable:
@@ -264,7 +276,8 @@ class Cache(object):
         stored = False
         if self.memory is not None:
             stored = self.memory.set(key, frozen, nbytes, expires)
-        stored = self._write(self._lower, key, frozen, nbytes, expires) or stored
+        if self._lower:
+            stored = self._write(self._lower, key, frozen, nbytes, expires) or stored
         self._counts.add("sets")
         return frozen if stored else None
 
@@ -274,7 +287,6 @@ class Cache(object):
         Returns:
             True when queued or stored by some tier.
         """
-        tiers = [t for t in tiers if t.enabled]
         if not tiers:
             return False
         if self._writer is not None:
@@ -322,6 +334,7 @@ class Cache(object):
             dict output name -> numpy array, never shared with the cache or with
             another caller.
         """
+        landed = self._landed
         found = self.get(key)
         if found is not None:
             return found
@@ -330,16 +343,19 @@ class Cache(object):
             leader = flight is None
             if leader:
                 flight = self._flights[key] = _Flight()
+            elif flight.waiting is None:
+                flight.waiting = threading.Event()
         if not leader:
             self._counts.add("waits")
-            flight.done.wait()
+            flight.waiting.wait()
             if flight.error is not None:
                 raise flight.error
             return _copies(flight.result)
         try:
             # A leader that finished between our miss and taking the flight has
-            # already stored the result: look once more before running.
-            again = self._recheck(key)
+            # already stored the result: look once more before running, if any
+            # flight has ended since.
+            again = self._recheck(key) if self._landed != landed else None
             if again is not None:
                 self._counts.add("waits")   # answered by another caller's run after all
                 flight.result = again
@@ -357,7 +373,10 @@ class Cache(object):
         finally:
             with self._flights_lock:
                 del self._flights[key]
-            flight.done.set()
+                self._landed += 1
+                waiting = flight.waiting
+            if waiting is not None:
+                waiting.set()
 
     def get_or_run_many(self, keys, run_many, ttl_s=DEFAULT):
         """Results for many keys: hits from the cache, misses computed in one batch.
@@ -458,6 +477,7 @@ class Cache(object):
             ``warning``; Redis adds ``state`` and ``skipped``.
         """
         data = self._counts.snapshot()
+        data["gets"] = data["hits"] + data["misses"]
         data["hit_rate"] = round(data["hits"] / float(data["gets"]), 4) if data["gets"] else None
         data["key_us"] = self._key_time.summary()
         data["run_us"] = self._run_time.summary()

@@ -146,10 +146,12 @@ class DiskTier(object):
         except DISK_ERRORS as exc:
             self.warning = "disk cache {} cannot be opened ({}); it is off.".format(
                 self.directory, _reason(exc))
+        # An attribute, not a property: every lookup asks.
+        self.enabled = self._cache is not None
 
-    @property
-    def enabled(self):
-        return self._cache is not None
+    def _sql(self):
+        # diskcache's _sql of this thread; asked for only when the key filter needs it.
+        return self._cache._sql
 
     def _failed(self, what, exc):
         self.counts.add("errors")
@@ -162,7 +164,7 @@ class DiskTier(object):
         ``hits`` or calls :meth:`dropped`.
         """
         try:
-            if self._index is not None and self._index.absent(key, self._cache._sql):
+            if self._index is not None and self._index.absent(key, self._sql):
                 self.counts.add("misses")
                 return None
             # A plain SELECT first: under LRU, get() is a write transaction (it

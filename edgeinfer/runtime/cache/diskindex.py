@@ -75,7 +75,8 @@ class KeyIndex(object):
 
         Args:
             key: the cache key.
-            sql: diskcache's ``_sql`` of the calling thread (to read new rows).
+            sql: a function returning diskcache's ``_sql`` of the calling thread
+                (to read new rows; called only when they are due).
 
         Raises:
             sqlite3.Error, OSError: reading new rows failed (the caller's tier
@@ -87,7 +88,7 @@ class KeyIndex(object):
                 if self._lookups < WARM_LOOKUPS:
                     return False
                 if time.monotonic() >= self._fresh_until:
-                    self._refresh(sql)
+                    self._refresh(sql())
         h = hash(key)
         bits = self._bits
         a, b = h & _MASK, (h >> 23) & _MASK

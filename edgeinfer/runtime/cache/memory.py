@@ -32,7 +32,8 @@ class MemoryTier(object):
         self._items = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
-        self.counts = Counters(("hits", "misses", "sets", "evictions", "expired", "too_large"))
+        self.counts = Counters(("hits", "misses", "sets", "evictions", "expired", "too_large"),
+                               self._lock)
 
     def get(self, key, now=None):
         """Return ``(outputs, expires)`` for ``key``, or None (a miss or an expired entry).
@@ -42,17 +43,17 @@ class MemoryTier(object):
         with self._lock:
             entry = self._items.get(key)
             if entry is None:
-                self.counts.add("misses")
+                self.counts.bump("misses")
                 return None
             outputs, expires, nbytes = entry
             if expires is not None and expires <= (now or time.time()):
                 del self._items[key]
                 self._bytes -= nbytes
-                self.counts.add("expired")
-                self.counts.add("misses")
+                self.counts.bump("expired")
+                self.counts.bump("misses")
                 return None
             self._items.move_to_end(key)
-            self.counts.add("hits")
+            self.counts.bump("hits")
             return outputs, expires
 
     def peek(self, key):
@@ -79,11 +80,11 @@ class MemoryTier(object):
                 self._bytes -= old[2]
             self._items[key] = (outputs, expires, nbytes)
             self._bytes += nbytes
-            self.counts.add("sets")
+            self.counts.bump("sets")
             while self._bytes > self.limit_bytes:
                 _, (_, _, size) = self._items.popitem(last=False)
                 self._bytes -= size
-                self.counts.add("evictions")
+                self.counts.bump("evictions")
         return True
 
     def delete(self, key):
@@ -113,8 +114,8 @@ class MemoryTier(object):
 
     def stats(self):
         """Counters plus ``items``, ``bytes`` and ``limit_bytes``."""
+        data = self.counts.snapshot()
         with self._lock:
-            data = self.counts.snapshot()
             data.update(items=len(self._items), bytes=self._bytes, limit_bytes=self.limit_bytes)
         return data
 

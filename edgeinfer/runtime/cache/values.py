@@ -61,7 +61,7 @@ def freeze(outputs):
         if not isinstance(value, np.ndarray) or value.dtype.kind not in _KINDS:
             raise Unstorable("output {!r} is {}".format(
                 name, getattr(value, "dtype", type(value).__name__)))
-        copy = np.array(value, order="C", copy=True)
+        copy = value.copy()     # C order, whatever the layout of value
         copy.flags.writeable = False
         frozen[name] = copy
         total += copy.nbytes

@@ -62,7 +62,10 @@ class Writer(object):
 
     def _setup(self):
         self._pid = os.getpid()
-        self._cond = threading.Condition()
+        # put() and peek() run on every miss: they take the bare lock (a C call)
+        # rather than enter the Condition (Python code, cold after a model run).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pending = OrderedDict()
         self._writing = {}
         self._bytes = 0
@@ -74,7 +77,8 @@ class Writer(object):
         if os.getpid() != self._pid:
             # A forked child inherits the queue but not the thread: start afresh.
             self._setup()
-        if self._thread is None or not self._thread.is_alive():
+        # A thread that ends sets _thread to None (_run), so no is_alive() here.
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="edgeinfer-cache-writer")
             self._thread.daemon = True
             self._thread.start()
@@ -84,7 +88,7 @@ class Writer(object):
 
         When the queue is full the caller writes it here and now.
         """
-        with self._cond:
+        with self._lock:
             full = (len(self._pending) >= MAX_PENDING
                     or self._bytes + nbytes > MAX_PENDING_BYTES) or self._closed
             if not full:
@@ -103,7 +107,7 @@ class Writer(object):
 
     def peek(self, key):
         """``(payload, nbytes, expires)`` queued or being written for ``key``, or None."""
-        with self._cond:
+        with self._lock:
             entry = self._pending.get(key) or self._writing.get(key)
         return None if entry is None else entry[:3]
 
@@ -149,6 +153,9 @@ class Writer(object):
         try:
             self._loop()
         finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
             for tier in self._tiers:
                 tier.release_thread()
 
