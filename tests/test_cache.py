@@ -306,6 +306,18 @@ def test_frames_round_trip_every_numeric_dtype():
     assert frozen["strided"].flags.c_contiguous
 
 
+def test_frame_headers_are_the_json_of_key_expiry_and_layout():
+    outputs = {"a": np.ones((2, 3), np.float32), "b": np.arange(5, dtype=np.int16)}
+    for key, expires in (("v1:k", None), ('odd "key"\u00e9', 1.25), ("v1:k", 7.0)):
+        data = encode(key, outputs, expires)     # the layout is remembered after the first
+        size = struct.unpack_from("<I", data, 8)[0]
+        header = data[12:12 + size].rstrip(b" ")
+        assert header == json.dumps({"key": key, "expires": expires, "outputs": [
+            ["a", "<f4", [2, 3], 0, 24], ["b", "<i2", [5], 32, 10]]},
+            separators=(",", ":")).encode("utf-8")
+        assert decode(key, data)[1] == expires
+
+
 def test_damaged_frames_are_refused():
     data = encode("k", {"y": np.arange(100, dtype=np.float32)})
     flipped = bytearray(data)
@@ -682,7 +694,10 @@ while not os.path.exists(os.path.join(os.path.dirname(folder), "ready-%d" % (1 -
     time.sleep(0.01)
 wrong = 0
 for i in range(calls):
-    j = (i * 7 + who * 3) % 60          # both processes ask for the same 60 inputs
+    # Both processes ask for the same 60 inputs, which do not fit: every other call
+    # cycles through all of them (LRU's worst case, so entries are evicted), the
+    # others go to 10 that do fit (so each process finds entries on disk).
+    j = (i * 7 + who * 3) % 60 if i % 2 else (i // 2) % 10
     x = {"x": np.full(3000, j, np.float32)}
     out = cache.get_or_run(cache.key("0" * 32, x, ["y"]), lambda: {"y": x["x"] * 3})
     wrong += int(not np.all(out["y"] == 3 * j))
@@ -781,6 +796,55 @@ def test_disk_lru_keeps_what_is_read(tmp_path):
                      {"y": np.zeros(200000, np.float32)}) is False   # > half the limit
     assert cache.stats()["tiers"]["disk"]["too_large"] == 1
     cache.close()
+
+
+def _diskcache_row(folder, key):
+    """A row as written to diskcache's table, the rowid and times left out."""
+    with sqlite3.connect(os.path.join(folder, "cache.db")) as con:
+        con.row_factory = sqlite3.Row
+        row = dict(con.execute("SELECT * FROM Cache WHERE key = ?", (key,)).fetchone())
+    for column in ("rowid", "store_time", "access_time"):
+        row.pop(column)
+    if row["expire_time"] is not None:
+        row["expire_time"] = round(row["expire_time"] - time.time(), -1)   # ~ttl from now
+    return row
+
+
+def test_rows_the_disk_tier_inserts_itself_are_the_rows_diskcache_writes(tmp_path):
+    ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
+    tier = DiskTier(ours, 64 * 1024 * 1024)
+    reference = diskcache.Cache(theirs, disk=BytesDisk)
+    assert tier._direct
+    small, large = b"s" * 4000, b"L" * 100000            # in the row; in a value file
+    items = [("k-small", small, None), ("k-ttl", small, 600.0), ("k-large", large, None)]
+    assert tier.set_many(items) == 3
+    for key, data, expire_s in items:
+        reference.set(key, data, expire=expire_s)
+    for key in ("k-small", "k-ttl"):
+        assert _diskcache_row(ours, key) == _diskcache_row(theirs, key)
+    # diskcache reads the rows back, counts them, and sizes the value file.
+    again = diskcache.Cache(ours, disk=BytesDisk)
+    assert again.get("k-small") == small and again.get("k-large") == large
+    assert len(again) == len(reference) == 3 and again.volume() > len(large)
+    assert 590 <= again.get("k-ttl", expire_time=True)[1] - time.time() <= 600
+    # A key already there is updated (last write wins), a new one beside it inserted.
+    assert tier.set_many([("k-small", b"t" * 4000, None), ("k-new", small, None),
+                          ("k-new", b"u" * 10, None)]) == 3
+    assert again.get("k-small") == b"t" * 4000 and again.get("k-new") == b"u" * 10
+    assert len(again) == 4
+    for cache in (again, reference, tier):
+        cache.close()
+
+
+def test_a_disk_table_of_another_layout_is_written_through_diskcache(tmp_path):
+    folder = str(tmp_path / "c")
+    DiskTier(folder, 64 * 1024 * 1024).close()
+    with sqlite3.connect(os.path.join(folder, "cache.db")) as con:
+        con.execute("ALTER TABLE Cache ADD COLUMN future TEXT")    # a later diskcache
+    tier = DiskTier(folder, 64 * 1024 * 1024)
+    assert tier.enabled and not tier._direct
+    assert tier.set_many([("k", b"x" * 100, None)]) == 1 and tier.peek("k") == b"x" * 100
+    tier.close()
 
 
 def _row(folder, key):

@@ -24,6 +24,7 @@ import os
 import re
 import sqlite3
 import stat
+import time
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
@@ -34,6 +35,16 @@ from .values import CorruptEntry
 
 # diskcache's own value file names (Disk.filename): two folder levels, 28 hex + ".val".
 _VALUE_FILE = re.compile(r"^[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val$")
+
+# diskcache's Cache table (diskcache 4 and 5).  DiskTier inserts new small entries
+# itself, row for row as diskcache's set() would, only into a table with exactly
+# these columns; any other layout gets diskcache's set().
+_COLUMNS = ("rowid", "key", "raw", "store_time", "expire_time", "access_time",
+            "access_count", "tag", "size", "mode", "filename", "value")
+_INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+           " tag, size, mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, ?, NULL, ?)")
+# Keys per "IN (...)" query: under SQLite's 999 variables before 3.32.
+_KEYS_PER_QUERY = 500
 
 # What a broken disk tier raises: SQLite (locked, full, damaged), the OS (no
 # space, read-only, gone), diskcache's lock timeout.
@@ -148,6 +159,7 @@ class DiskTier(object):
                 self.directory, _reason(exc))
         # An attribute, not a property: every lookup asks.
         self.enabled = self._cache is not None
+        self._direct = self.enabled and _known_layout(self._cache)
 
     def _sql(self):
         # diskcache's _sql of this thread; asked for only when the key filter needs it.
@@ -217,7 +229,8 @@ class DiskTier(object):
         try:
             # One transaction for the batch: SQLite's commit is most of a set's cost.
             with self._cache.transact():
-                for key, data, expire_s in fitting:
+                rest = self._insert_new(fitting) if self._direct else fitting
+                for key, data, expire_s in rest:
                     self._cache.set(key, data, expire=expire_s)
             if self._index is not None:
                 self._index.add([item[0] for item in fitting])
@@ -230,6 +243,36 @@ class DiskTier(object):
             self._failed("a write", exc)
             return 0
         return len(fitting)
+
+    def _insert_new(self, items):
+        """Insert the entries diskcache keeps in the database whose keys are new; return the rest.
+
+        diskcache's set() costs a SELECT, an INSERT and some Python per entry;
+        on a stream of unique inputs the background writer pays that for every
+        request, on the cores the model needs.  So small values (under
+        diskcache's ``min_file_size``, which it stores in the row) under new
+        keys go in with one query for the batch's keys and one executemany,
+        each row as set() writes it (the table's triggers keep diskcache's
+        count).  Large values (files) and keys already there (updates, which
+        may leave a file to remove) are returned for set().  Call inside a
+        transaction.
+        """
+        limit = self._cache.disk.min_file_size
+        small = dict((item[0], item) for item in items if len(item[1]) < limit)
+        if not small:
+            return items
+        keys, there = list(small), set()
+        for first in range(0, len(keys), _KEYS_PER_QUERY):
+            part = keys[first:first + _KEYS_PER_QUERY]
+            query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({})".format(
+                ",".join("?" * len(part)))
+            there.update(row[0] for row in self._cache._sql(query, part))
+        now = time.time()
+        self._cache._con.executemany(_INSERT, [
+            (key, now, None if expire_s is None else now + expire_s, now, MODE_RAW,
+             sqlite3.Binary(data))
+            for key, (_, data, expire_s) in small.items() if key not in there])
+        return [item for item in items if item[0] not in small or item[0] in there]
 
     def delete(self, key):
         """Remove ``key``; True when it was there."""
@@ -283,6 +326,15 @@ class DiskTier(object):
     def release_thread(self):
         """What a thread that stops using the tier must close: its own connection."""
         self.close()
+
+
+def _known_layout(cache):
+    """True when diskcache's Cache table has the columns :data:`_INSERT` writes."""
+    try:
+        columns = tuple(row[1] for row in cache._sql("PRAGMA table_info(Cache)"))
+    except DISK_ERRORS:
+        return False
+    return columns == _COLUMNS
 
 
 def _reason(exc):

@@ -82,20 +82,22 @@ def encode(key, outputs, expires=None):
     Raises:
         Unstorable: an output that is not a numeric numpy array.
     """
-    arrays, entries, offset = [], [], 0
+    arrays, specs = [], []
     for name, value in outputs.items():
         if not isinstance(value, np.ndarray) or value.dtype.kind not in _KINDS:
             raise Unstorable("output {!r} is {}".format(
                 name, getattr(value, "dtype", type(value).__name__)))
         if not value.flags.c_contiguous:
             value = np.ascontiguousarray(value)
-        offset += _pad(offset)
-        entries.append([name, value.dtype.str, list(value.shape), offset, value.nbytes])
-        arrays.append((offset, value))
-        offset += value.nbytes
-    header = json.dumps({"key": key, "expires": expires, "outputs": entries},
-                        separators=(",", ":")).encode("utf-8")
+        arrays.append(value)
+        specs.append((name, value.dtype, value.shape))
+    outputs_json, starts = _layout(tuple(specs))
+    # The header json.dumps({"key", "expires", "outputs"}) would write, the outputs
+    # part made once per layout: framing is the background writer's main cost.
+    header = '{{"key":{},"expires":{},"outputs":{}}}'.format(
+        json.dumps(key), json.dumps(expires), outputs_json).encode("utf-8")
     header += b" " * _pad(_PREFIX.size + len(header))
+    arrays = list(zip(starts, arrays))
     parts, crc, at = [header], zlib.crc32(header), 0
     for start, value in arrays:
         if start > at:
@@ -109,6 +111,29 @@ def encode(key, outputs, expires=None):
         at = start + value.nbytes
     parts.insert(0, _PREFIX.pack(MAGIC, crc & 0xFFFFFFFF, len(header)))
     return b"".join(parts)
+
+
+# The "outputs" part of the headers made so far, by output names, dtypes and shapes.
+_LAYOUTS = {}
+_LAYOUTS_KEPT = 256
+
+
+def _layout(specs):
+    """``(JSON list of [name, dtype, shape, offset, nbytes], offsets)`` for output specs."""
+    made = _LAYOUTS.get(specs)
+    if made is None:
+        entries, starts, offset = [], [], 0
+        for name, dtype, shape in specs:
+            offset += _pad(offset)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            entries.append([name, dtype.str, list(shape), offset, nbytes])
+            starts.append(offset)
+            offset += nbytes
+        made = json.dumps(entries, separators=(",", ":")), starts
+        if len(_LAYOUTS) >= _LAYOUTS_KEPT:
+            _LAYOUTS.clear()
+        _LAYOUTS[specs] = made
+    return made
 
 
 def decode(key, data):
