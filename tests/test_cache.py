@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -629,10 +630,10 @@ def test_a_leader_that_lands_between_a_miss_and_its_flight_is_not_run_again():
     def compute():
         runs.append(1)
         return {"y": np.arange(3, dtype=np.float32)}
-    real_get, interrupted = cache.get, []
+    real_lookup, interrupted = cache._lookup, []
 
-    def get_then_another_caller_lands(k):
-        found = real_get(k)
+    def lookup_then_another_caller_lands(k, now):
+        found = real_lookup(k, now)
         if found is None and not interrupted:
             interrupted.append(1)
             # Another thread misses, runs and stores the key after our lookup
@@ -641,10 +642,39 @@ def test_a_leader_that_lands_between_a_miss_and_its_flight_is_not_run_again():
             other.start()
             other.join()
         return found
-    cache.get = get_then_another_caller_lands
+    cache._lookup = lookup_then_another_caller_lands
     out = cache.get_or_run(key, compute)
     assert len(runs) == 1 and out["y"].tolist() == [0, 1, 2]
     assert cache.stats()["waits"] == 1 and cache.stats()["runs"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="this platform has no fork()")
+def test_a_forked_child_writes_its_results_with_its_own_thread(tmp_path):
+    cache = Cache(memory_mb=1, disk_dir=str(tmp_path / "c"))
+    mine, childs = (cache.key(MODEL, feeds(i), ["y"]) for i in (1, 2))
+    cache.set(mine, {"y": np.ones(2)})              # queued; the parent's thread lingers
+    pid = os.fork()
+    if pid == 0:                                    # the child: no thread, a copied queue
+        ok = False
+        try:
+            cache.set(childs, {"y": np.zeros(2)})
+            ok = cache.flush(timeout_s=10) and cache.disk.peek(childs) is not None
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung writing its result")
+        time.sleep(0.02)
+    assert status == 0, "the child's result did not reach the disk"
+    assert cache.flush(timeout_s=10)
+    assert cache.disk.peek(mine) is not None and cache.disk.peek(childs) is not None
+    cache.close()
 
 
 def test_a_writer_thread_that_dies_is_started_again(tmp_path, monkeypatch):

@@ -138,8 +138,10 @@ class Cache(object):
         # Flights ended so far: a miss that saw no flight end before it became
         # the leader need not look again (see get_or_run).
         self._landed = 0
-        # gets = hits + misses: one counter fewer on every call.
-        self._counts = Counters(("hits", "misses", "runs", "waits", "sets", "unstorable"))
+        # gets = hits + misses: one counter fewer on every call.  They share the
+        # flights lock, under which a miss bumps them (never add() while holding it).
+        self._counts = Counters(("hits", "misses", "runs", "waits", "sets", "unstorable"),
+                                self._flights_lock)
         self._latency = dict((name, Latency()) for name in ("memory", "disk", "redis",
                                                             "queue"))
         self._key_time = Latency()
@@ -184,6 +186,10 @@ class Cache(object):
         if found is None:
             self._counts.add("misses")
             return default
+        return self._answer(found, start)
+
+    def _answer(self, found, start):
+        """Copies of a hit's arrays, counted and timed from ``start``."""
         tier, stored = found
         result = _copies(stored)
         self._latency[tier].add(time.perf_counter() - start)
@@ -262,24 +268,35 @@ class Cache(object):
             True when stored in at least one tier; False when no tier took it
             (outputs that are not numeric arrays, or larger than every tier allows).
         """
-        return self._store(key, outputs, ttl_s) is not None
+        frozen, stored = self._store(key, outputs, ttl_s)
+        if frozen is not None:
+            self._counts.add("sets")
+        return stored
 
     def _store(self, key, outputs, ttl_s=DEFAULT):
-        """Frame and store ``outputs``; return the stored read-only arrays, or None."""
+        """Copy ``outputs`` read-only and store them in every tier.
+
+        Returns:
+            (frozen, stored): the read-only arrays (None for outputs that cannot
+            be stored, counted as ``unstorable``), and whether some tier took them.
+            The caller counts ``sets``.
+        """
         ttl_s = self.ttl_s if ttl_s is DEFAULT else ttl_s
         expires = time.time() + ttl_s if ttl_s is not None else None
         try:
             frozen, nbytes = freeze(outputs)
         except Unstorable:
             self._counts.add("unstorable")
-            return None
+            return None, False
         stored = False
         if self.memory is not None:
             stored = self.memory.set(key, frozen, nbytes, expires)
-        if self._lower:
+        if self._writer is not None:
+            self._writer.put(key, frozen, nbytes, expires)      # for every lower tier
+            stored = True
+        elif self._lower:
             stored = self._write(self._lower, key, frozen, nbytes, expires) or stored
-        self._counts.add("sets")
-        return frozen if stored else None
+        return frozen, stored
 
     def _write(self, tiers, key, payload, nbytes, expires):
         """Write ``payload`` (arrays, or a frame) to lower ``tiers``: queued, or now.
@@ -335,10 +352,12 @@ class Cache(object):
             another caller.
         """
         landed = self._landed
-        found = self.get(key)
+        start = time.perf_counter()
+        found = self._lookup(key, time.time())
         if found is not None:
-            return found
+            return self._answer(found, start)
         with self._flights_lock:
+            self._counts.bump("misses")
             flight = self._flights.get(key)
             leader = flight is None
             if leader:
@@ -351,6 +370,7 @@ class Cache(object):
             if flight.error is not None:
                 raise flight.error
             return _copies(flight.result)
+        run_s = frozen = None
         try:
             # A leader that finished between our miss and taking the flight has
             # already stored the result: look once more before running, if any
@@ -362,19 +382,26 @@ class Cache(object):
                 return _copies(again)
             start = time.perf_counter()
             outputs = run()
-            self._run_time.add(time.perf_counter() - start)
-            self._counts.add("runs")
-            stored = self._store(key, outputs, ttl_s)
-            flight.result = stored if stored is not None else _copies(outputs)
+            run_s = time.perf_counter() - start
+            frozen, stored = self._store(key, outputs, ttl_s)
+            flight.result = frozen if stored else _copies(outputs)
             return outputs
         except BaseException as exc:
             flight.error = exc
             raise
         finally:
+            # One lock for the flight and the counts: after a model run every
+            # further call and lock costs the miss µs.
             with self._flights_lock:
                 del self._flights[key]
                 self._landed += 1
                 waiting = flight.waiting
+                if run_s is not None:
+                    self._counts.bump("runs")
+                    if frozen is not None:
+                        self._counts.bump("sets")
+            if run_s is not None:
+                self._run_time.add(run_s)
             if waiting is not None:
                 waiting.set()
 
@@ -408,7 +435,8 @@ class Cache(object):
         self._counts.add("runs", len(first))
         fresh = dict(zip(first, computed))
         for key, outputs in fresh.items():
-            self._store(key, outputs, ttl_s)
+            if self._store(key, outputs, ttl_s)[0] is not None:
+                self._counts.add("sets")
         for index, found in enumerate(results):
             if found is None:
                 key = keys[index]

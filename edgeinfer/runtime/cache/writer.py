@@ -78,21 +78,20 @@ class Writer(object):
         self._closed = False
         self._flushing = 0
 
-    def _ensure_thread(self):
-        if os.getpid() != self._pid:
-            # A forked child inherits the queue but not the thread: start afresh.
-            self._setup()
-        # A thread that ends sets _thread to None (_run), so no is_alive() here.
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="edgeinfer-cache-writer")
-            self._thread.daemon = True
-            self._thread.start()
+    def _start_thread(self):
+        self._thread = threading.Thread(target=self._run, name="edgeinfer-cache-writer")
+        self._thread.daemon = True
+        self._thread.start()
 
     def put(self, key, payload, nbytes, expires, tiers=None):
         """Queue ``payload`` (``nbytes`` large) for ``tiers`` (default None: every tier).
 
         When the queue is full the caller writes it here and now.
         """
+        if self._pid != os.getpid():
+            # A forked child inherits the queue (its parent writes it), not the
+            # thread, and perhaps a lock some thread held at the fork: start afresh.
+            self._setup()
         with self._lock:
             full = (len(self._pending) >= MAX_PENDING
                     or self._bytes + nbytes > MAX_PENDING_BYTES) or self._closed
@@ -102,7 +101,9 @@ class Writer(object):
                     self._bytes -= old[1]
                 self._pending[key] = (payload, nbytes, expires, tiers)
                 self._bytes += nbytes
-                self._ensure_thread()
+                # A thread that ends sets _thread to None (_run): no is_alive() here.
+                if self._thread is None:
+                    self._start_thread()
                 # Wake the thread only to start a batch or to write a full one: a
                 # wake-up per entry would cost each miss a thread switch.
                 if len(self._pending) == 1 or len(self._pending) >= BATCH:
