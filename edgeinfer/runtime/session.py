@@ -226,7 +226,7 @@ class Session(object):
         store = self.cache
         if store is None or not cache:
             return runner.run(feeds, outputs)
-        key = store.key(self.model_hash, feeds,
+        key = store.key(self._model_hash or self.model_hash, feeds,
                         self._output_names if outputs is None else outputs)
         return store.get_or_run(key, lambda: runner.run(feeds, outputs))
 

@@ -205,7 +205,9 @@ class Cache(object):
         lower = self._lower
         if not lower:
             return None
-        queued = self._queued(key, now)
+        writer = self._writer
+        found = writer.peek(key) if writer is not None else None
+        queued = self._queued(key, now, found) if found is not None else None
         if queued is not None:
             # Still on its way to the disk/Redis: answered as the first of them that
             # is up would (a Redis that is down answers nothing, so counts nothing).
@@ -240,9 +242,9 @@ class Cache(object):
             return tier.name, outputs
         return None
 
-    def _queued(self, key, now):
-        """``(outputs, nbytes, expires)`` of a fresh result queued for the lower tiers."""
-        found = self._writer.peek(key) if self._writer is not None else None
+    def _queued(self, key, now, found):
+        """``(outputs, nbytes, expires)`` of a fresh result the writer holds for the
+        lower tiers (``found``: from its peek), or None."""
         if found is None:
             return None
         payload, nbytes, expires = found
@@ -447,7 +449,8 @@ class Cache(object):
         """Stored arrays for ``key`` in memory, the write queue or on disk; counts nothing."""
         if self.memory is not None:
             return self.memory.peek(key)
-        queued = self._queued(key, time.time())
+        queued = self._queued(key, time.time(),
+                              self._writer.peek(key) if self._writer is not None else None)
         if queued is not None:
             return queued[0]
         data = self.disk.peek(key) if self.disk is not None and self.disk.enabled else None
