@@ -206,7 +206,7 @@ class Cache(object):
         if not lower:
             return None
         writer = self._writer
-        found = writer.peek(key) if writer is not None else None
+        found = writer.held(key) if writer is not None else None
         queued = self._queued(key, now, found) if found is not None else None
         if queued is not None:
             # Still on its way to the disk/Redis: answered as the first of them that
@@ -244,10 +244,10 @@ class Cache(object):
 
     def _queued(self, key, now, found):
         """``(outputs, nbytes, expires)`` of a fresh result the writer holds for the
-        lower tiers (``found``: from its peek), or None."""
+        lower tiers (``found``: its entry from peek or held), or None."""
         if found is None:
             return None
-        payload, nbytes, expires = found
+        payload, nbytes, expires = found[:3]
         if expires is not None and expires <= now:
             return None
         if isinstance(payload, dict):
@@ -359,7 +359,7 @@ class Cache(object):
         if found is not None:
             return self._answer(found, start)
         with self._flights_lock:
-            self._counts.bump("misses")
+            self._counts.values["misses"] += 1
             flight = self._flights.get(key)
             leader = flight is None
             if leader:
@@ -399,9 +399,9 @@ class Cache(object):
                 self._landed += 1
                 waiting = flight.waiting
                 if run_s is not None:
-                    self._counts.bump("runs")
+                    self._counts.values["runs"] += 1
                     if frozen is not None:
-                        self._counts.bump("sets")
+                        self._counts.values["sets"] += 1
             if run_s is not None:
                 self._run_time.add(run_s)
             if waiting is not None:

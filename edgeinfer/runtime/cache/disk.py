@@ -30,7 +30,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .counters import Counters
-from .diskindex import KeyIndex
+from .diskindex import MASK, KeyIndex
 from .values import CorruptEntry
 
 # diskcache's own value file names (Disk.filename): two folder levels, 28 hex + ".val".
@@ -176,9 +176,20 @@ class DiskTier(object):
         ``hits`` or calls :meth:`dropped`.
         """
         try:
-            if self._index is not None and self._index.absent(key, self._sql):
-                self.counts.add("misses")
-                return None
+            index = self._index
+            if index is not None:
+                # The key filter's test, inline (see KeyIndex): a miss makes no call.
+                bits = index.bits
+                if bits is None or time.monotonic() >= index.fresh_until:
+                    bits = index.ready(self._sql)
+                if bits is not None:
+                    h = hash(key)
+                    a, b = h & MASK, (h >> 23) & MASK
+                    if not (bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1):
+                        counts = self.counts
+                        with counts.lock:           # add(), inline: see Counters
+                            counts.values["misses"] += 1
+                        return None
             # A plain SELECT first: under LRU, get() is a write transaction (it
             # records the access) even when the key is absent.
             data = self._cache.get(key) if key in self._cache else None

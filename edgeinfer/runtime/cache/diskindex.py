@@ -30,7 +30,7 @@ import time
 
 # 2**23 bits = 1 MiB.
 BITS = 1 << 23
-_MASK = BITS - 1
+MASK = BITS - 1
 # Keys added before a rebuild: past this the filter's "maybe" rate passes ~1%.
 CAPACITY = 400000
 # Lookups in this process before the filter is built.
@@ -40,41 +40,47 @@ WARM_LOOKUPS = 64
 class KeyIndex(object):
     """A Bloom filter over the keys of one diskcache database.
 
+    A key's two bits are ``hash(key) & MASK`` and ``(hash(key) >> 23) & MASK``.
+    The tier tests them itself while ``bits`` is fresh (``time.monotonic() <
+    fresh_until``): a miss makes no call here, since every Python call on a
+    miss costs microseconds once the model run has emptied the CPU caches.
+    Otherwise it asks :meth:`ready`.
+
     Args:
         refresh_s: longest time before rows other processes added are read.
     """
 
     def __init__(self, refresh_s):
         self.refresh_s = refresh_s
-        self._bits = None
+        self.bits = None
+        self.fresh_until = 0.0
         self._added = 0
         self._last_rowid = 0
         self._last_key = None
-        self._fresh_until = 0.0
         self._lookups = 0
         self._lock = threading.Lock()
 
     def _set(self, key):
         h = hash(key)
-        bits = self._bits
-        a, b = h & _MASK, (h >> 23) & _MASK
+        bits = self.bits
+        a, b = h & MASK, (h >> 23) & MASK
         bits[a >> 3] |= 1 << (a & 7)
         bits[b >> 3] |= 1 << (b & 7)
 
     def add(self, keys):
         """Record keys this process has just written."""
         with self._lock:
-            if self._bits is None:
+            if self.bits is None:
                 return
             # Counted towards CAPACITY when the next refresh reads their rows.
             for key in keys:
                 self._set(key)
 
-    def absent(self, key, sql):
-        """True when ``key`` is surely not in the database; False: ask SQLite.
+    def ready(self, sql):
+        """The filter's bits, read up to date; None before this process has looked
+        up :data:`WARM_LOOKUPS` keys (until then every lookup asks SQLite).
 
         Args:
-            key: the cache key.
             sql: a function returning diskcache's ``_sql`` of the calling thread
                 (to read new rows; called only when they are due).
 
@@ -82,28 +88,24 @@ class KeyIndex(object):
             sqlite3.Error, OSError: reading new rows failed (the caller's tier
                 counts it as it counts a failed lookup).
         """
-        if time.monotonic() >= self._fresh_until:
-            with self._lock:
-                self._lookups += 1
-                if self._lookups < WARM_LOOKUPS:
-                    return False
-                if time.monotonic() >= self._fresh_until:
-                    self._refresh(sql())
-        h = hash(key)
-        bits = self._bits
-        a, b = h & _MASK, (h >> 23) & _MASK
-        return not (bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1)
+        with self._lock:
+            self._lookups += 1
+            if self._lookups < WARM_LOOKUPS:
+                return None
+            if time.monotonic() >= self.fresh_until:
+                self._refresh(sql())
+            return self.bits
 
     def _refresh(self, sql):
         """Read the rows added since the last read (all of them the first time)."""
-        if self._bits is not None and self._last_rowid:
+        if self.bits is not None and self._last_rowid:
             # New rows get rowids above the newest one seen, unless that row went
             # (a clear, an eviction) and its rowid was given out again: start over.
             row = sql("SELECT key FROM Cache WHERE rowid = ?", (self._last_rowid,)).fetchone()
             if row is None or row[0] != self._last_key:
-                self._bits = None
-        if self._bits is None or self._added > CAPACITY:
-            self._bits, self._added, self._last_rowid = bytearray(BITS // 8), 0, 0
+                self.bits = None
+        if self.bits is None or self._added > CAPACITY:
+            self.bits, self._added, self._last_rowid = bytearray(BITS // 8), 0, 0
         rows = sql("SELECT rowid, key FROM Cache WHERE rowid > ? ORDER BY rowid",
                    (self._last_rowid,))
         for rowid, key in rows:
@@ -111,9 +113,9 @@ class KeyIndex(object):
                 self._set(key)
                 self._added += 1
             self._last_rowid, self._last_key = rowid, key
-        self._fresh_until = time.monotonic() + self.refresh_s
+        self.fresh_until = time.monotonic() + self.refresh_s
 
     def reset(self):
         """Forget everything (after this process cleared the database)."""
         with self._lock:
-            self._bits, self._added, self._last_rowid, self._fresh_until = None, 0, 0, 0.0
+            self.bits, self._added, self._last_rowid, self.fresh_until = None, 0, 0, 0.0

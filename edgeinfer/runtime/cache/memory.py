@@ -43,17 +43,17 @@ class MemoryTier(object):
         with self._lock:
             entry = self._items.get(key)
             if entry is None:
-                self.counts.bump("misses")
+                self.counts.values["misses"] += 1
                 return None
             outputs, expires, nbytes = entry
             if expires is not None and expires <= (now or time.time()):
                 del self._items[key]
                 self._bytes -= nbytes
-                self.counts.bump("expired")
-                self.counts.bump("misses")
+                self.counts.values["expired"] += 1
+                self.counts.values["misses"] += 1
                 return None
             self._items.move_to_end(key)
-            self.counts.bump("hits")
+            self.counts.values["hits"] += 1
             return outputs, expires
 
     def peek(self, key):
@@ -80,11 +80,11 @@ class MemoryTier(object):
                 self._bytes -= old[2]
             self._items[key] = (outputs, expires, nbytes)
             self._bytes += nbytes
-            self.counts.bump("sets")
+            self.counts.values["sets"] += 1
             while self._bytes > self.limit_bytes:
                 _, (_, _, size) = self._items.popitem(last=False)
                 self._bytes -= size
-                self.counts.bump("evictions")
+                self.counts.values["evictions"] += 1
         return True
 
     def delete(self, key):
