@@ -1,5 +1,6 @@
 """The session: a loaded bundle that checks inputs and runs its backend."""
 
+import functools
 import re
 import warnings
 
@@ -228,7 +229,8 @@ class Session(object):
             return runner.run(feeds, outputs)
         key = store.key(self._model_hash or self.model_hash, feeds,
                         self._output_names if outputs is None else outputs)
-        return store.get_or_run(key, lambda: runner.run(feeds, outputs))
+        # partial, not a lambda: calling it runs no Python frame of its own.
+        return store.get_or_run(key, functools.partial(runner.run, feeds, outputs))
 
     def run_many(self, feed_dicts, outputs=None, concurrency=None, cache=True):
         """Run the model on many inputs, as many at once as the backend does best.

@@ -25,15 +25,13 @@ class _Flight(object):
     The Event they wait on is made by the first of them, under the flights
     lock: most keys have no waiter, and making and setting an Event (a
     Condition, in pure Python) costs a miss tens of µs once a model run has
-    pushed that code out of the CPU caches.
+    pushed that code out of the CPU caches.  No __init__ either: the class
+    attributes are the defaults, so making a flight runs no Python code.
     """
 
-    __slots__ = ("waiting", "result", "error")
-
-    def __init__(self):
-        self.waiting = None
-        self.result = None
-        self.error = None
+    waiting = None
+    result = None
+    error = None
 
 
 class Cache(object):
