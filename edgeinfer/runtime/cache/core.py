@@ -1,5 +1,6 @@
 """The tiered result cache: memory, disk, Redis, read-through, one computation per key."""
 
+import functools
 import os
 import threading
 import time
@@ -48,7 +49,8 @@ class Cache(object):
     in edgeinfer's own frame (a checksum, the key, dtypes and shapes; see
     :mod:`.values`), never pickled.  Arrays handed out are always fresh
     copies, so a caller changing them changes nothing stored.  One cache may
-    serve many sessions: keys hold each model's hash.
+    serve many sessions: keys hold each model's hash; ``cache.key(model, feeds,
+    outputs)`` makes one (:func:`.keys.make_key`, bound to this cache's hash).
 
     Example::
 
@@ -144,27 +146,15 @@ class Cache(object):
                                                             "queue"))
         self._key_time = Latency()
         self._run_time = Latency()
-
-    # -- keys ------------------------------------------------------------------------------
-
-    def key(self, model, feeds, outputs):
-        """The key of one model call.
-
-        Args:
-            model: the model's content hash (``Session.model_hash``).
-            feeds: dict input name -> numpy array, as the model gets them.
-            outputs: the output names asked for, in order.
-
-        Returns:
-            str: ``v1:<model hash>:<hash name>:<128-bit digest, hex>``.
-
-        Raises:
-            InputError: an input that is not a numeric numpy array.
-        """
-        start = time.perf_counter()
-        key = make_key(self._hasher, self.hash_name, model, feeds, outputs, self._headers)
-        self._key_time.add(time.perf_counter() - start)
-        return key
+        # key(model, feeds, outputs): the key of one model call, ``v1:<model hash>:
+        # <hash name>:<128-bit digest, hex>`` (model: Session.model_hash; feeds: dict
+        # input name -> numpy array, as the model gets them; outputs: the output
+        # names asked for, in order), timed into stats()["key_us"].  Raises
+        # InputError for an input that is not a numeric numpy array.  It is
+        # make_key bound to this cache, not a method: on a miss, right after a
+        # model run has emptied the CPU caches, a wrapping call would cost µs.
+        self.key = functools.partial(make_key, self._hasher, self.hash_name,
+                                     headers=self._headers, record=self._key_time.add)
 
     # -- reading and writing ---------------------------------------------------------------
 
