@@ -232,7 +232,7 @@ class Cache(object):
 
     def _queued(self, key, now, found):
         """``(outputs, nbytes, expires)`` of a fresh result the writer holds for the
-        lower tiers (``found``: its entry from peek or held), or None."""
+        lower tiers (``found``: its entry from ``Writer.held``), or None."""
         if found is None:
             return None
         payload, nbytes, expires = found[:3]
@@ -438,7 +438,7 @@ class Cache(object):
         if self.memory is not None:
             return self.memory.peek(key)
         queued = self._queued(key, time.time(),
-                              self._writer.peek(key) if self._writer is not None else None)
+                              self._writer.held(key) if self._writer is not None else None)
         if queued is not None:
             return queued[0]
         data = self.disk.peek(key) if self.disk is not None and self.disk.enabled else None

@@ -10,7 +10,7 @@ SQLite transaction and one Redis pipeline per batch.  A transaction costs about
 gathers: on a 2-core device serving unique MobileNetV2 requests the thread
 spends 70-90 µs of CPU per entry (framing about 20, SQLite the rest).
 
-While an entry waits it is still found: :meth:`Writer.peek` answers lookups, so
+While an entry waits it is still found: ``Writer.held`` answers lookups, so
 a result is never recomputed because its write has not landed yet.  The queue
 is bounded; when it is full the caller writes itself (back-pressure, nothing is
 lost).  :meth:`Writer.flush` waits for the queue to empty; every writer is
@@ -69,7 +69,7 @@ class Writer(object):
 
     def _setup(self):
         self._pid = os.getpid()
-        # put() and peek() run on every miss: they take the bare lock (a C call)
+        # put() runs on every miss: it takes the bare lock (a C call)
         # rather than enter the Condition (Python code, cold after a model run).
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -117,14 +117,6 @@ class Writer(object):
                     self._cond.notify()
                 return
         self._write([(key, payload, nbytes, expires, tiers)])
-
-    def peek(self, key):
-        """``(payload, nbytes, expires)`` queued or being written for ``key``, or None.
-
-        (``held(key)`` gives the same entry with its tiers, or None, faster.)
-        """
-        entry = self._held.get(key)
-        return None if entry is None else entry[:3]
 
     def discard(self, key):
         """Drop ``key``'s queued write; wait if it is being written (for delete()).
